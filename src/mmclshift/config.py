@@ -1,0 +1,343 @@
+"""Typed experiment configs: YAML files, ``key=value`` overrides and one-line validation errors.
+
+Every experiment config is a tree of dataclasses. Fields carry their constraints in
+``dataclasses.field(metadata=...)`` (see :func:`param`), and :func:`from_dict` builds the tree
+from plain data, rejecting unknown keys, values of the wrong type and values out of range with a
+:class:`ConfigError` whose message is one line naming the dotted key.
+
+The experiment *kind* (``kind:`` at the top of a YAML file) selects the root dataclass from an
+explicit registry passed in by the caller, so this module knows nothing about any tier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from mmclshift.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config: the message is a single line naming the file and/or the key."""
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+Check = Callable[[Any], str | None]
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def nonnegative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def probability(v: Any) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be a probability in [0, 1]"
+
+
+def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok_lo = v > lo if lo_open else v >= lo
+        ok_hi = v < hi if hi_open else v <= hi
+        if ok_lo and ok_hi:
+            return None
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        return f"must be in {left}{lo}, {hi}{right}"
+
+    return check
+
+
+def each(check: Check) -> Check:
+    """Apply ``check`` to every element of a list-valued field."""
+
+    def check_all(v: Any) -> str | None:
+        for i, item in enumerate(v):
+            msg = check(item)
+            if msg:
+                return f"element {i} ({item!r}) {msg}"
+        return None
+
+    return check_all
+
+
+def param(default: Any = dataclasses.MISSING, *, help: str = "", check: Check | None = None,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a help string and an optional range check."""
+    meta = {"help": help, "check": check}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"config key '{key}': must be one of {', '.join(map(repr, choices))}; got {value!r}"
+            )
+        return value
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(
+                    f"config key '{key}': expected {len(args)} values, got {len(value)}"
+                )
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
+        item_tp = args[0] if args else Any
+        out = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping of sub-keys, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value):
+            raise ConfigError(f"config key '{key}': must not be NaN")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (known keys under "
+            f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(fields))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name in data:
+            value = _convert(data[name], hints[name], key)
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue
+        else:
+            raise ConfigError(f"missing required config key '{key}'")
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            msg = check(value)
+            if msg:
+                raise ConfigError(f"config key '{key}': {msg}; got {value!r}")
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as exc:
+            msg = str(exc)
+            # cross-field checks name keys relative to this dataclass; make them absolute
+            if prefix and "config key '" in msg:
+                msg = msg.replace("config key '", f"config key '{prefix}")
+            raise ConfigError(msg) from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config tree (tuples become lists), safe for YAML and JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (['a', 'b', 'c'], parsed value). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def set_by_path(data: dict[str, Any], path: Sequence[str], value: Any, *, what: str = "") -> None:
+    """Set ``data[path[0]][path[1]]... = value``, creating sections as needed."""
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(
+                f"config key '{'.'.join(path[: i + 1])}' is a value, not a section{what}"
+            )
+        node = child
+    node[path[-1]] = value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key=value`` override set (nested keys by dots).
+
+    Keys are not checked here; :func:`from_dict` rejects unknown ones with the full dotted key.
+    """
+    out = _deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        set_by_path(out, path, value, what=f" (override '{text}')")
+    return out
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; syntax errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return data
+
+
+def build_config(
+    data: Mapping[str, Any],
+    registry: Mapping[str, type],
+    *,
+    source: str = "<config>",
+    default_kind: str | None = None,
+) -> Any:
+    """Validate plain config data against the dataclass its ``kind`` names in ``registry``."""
+    data = dict(data)
+    kind = data.get("kind", default_kind)
+    if kind is None:
+        raise ConfigError(f"{source}: missing config key 'kind' (one of {', '.join(sorted(registry))})")
+    if kind not in registry:
+        raise ConfigError(
+            f"{source}: config key 'kind' must be one of {', '.join(sorted(registry))}; got {kind!r}"
+        )
+    data["kind"] = kind
+    try:
+        return from_dict(registry[kind], data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    registry: Mapping[str, type] | None = None,
+) -> Any:
+    """Read ``path``, apply ``key=value`` overrides, and validate against ``registry``."""
+    if registry is None:
+        from mmclshift.experiments import CONFIG_KINDS
+
+        registry = CONFIG_KINDS
+    data = apply_overrides(read_yaml(path), overrides)
+    return build_config(data, registry, source=str(path))
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """Dotted-key replace that re-validates: ``replace(cfg, **{"data.pi_core": 0.5})``."""
+    data = to_dict(cfg)
+    for key, value in changes.items():
+        set_by_path(data, key.split("."), to_dict(value))
+    return from_dict(type(cfg), data)

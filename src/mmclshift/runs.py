@@ -1,0 +1,243 @@
+"""Run directories: identity, self-describing files, atomic checkpoints and completion markers.
+
+A run directory holds::
+
+    config.yaml     the resolved config (every default filled in)
+    env.json        versions, device, seed, git revision, host, start time
+    metrics.jsonl   one JSON object per evaluation, appended and flushed as they happen
+    checkpoints/    checkpoint files, each written to a temp file and renamed into place
+    done            written last; its presence means the run completed
+
+Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import tempfile
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmclshift.config import dump_yaml, to_dict
+
+CONFIG_FILE = "config.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.jsonl"
+DONE_FILE = "done"
+ERROR_FILE = "error.txt"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` through a temp file and an atomic rename."""
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+# --------------------------------------------------------------------------- identity, seeds
+
+
+def config_hash(config: Any, length: int = 12) -> str:
+    """Stable hash of a resolved config (dataclass or plain data)."""
+    blob = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a fresh CPU generator seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_info(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """What produced a run: versions, hardware, seed, git revision."""
+    import mmclshift
+
+    info: dict[str, Any] = {
+        "mmclshift": mmclshift.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "git_revision": git_revision(Path(__file__).parent),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    for name in ("torchvision", "open_clip", "scipy", "pandas"):
+        with contextlib.suppress(Exception):
+            mod = __import__(name)
+            info[name] = getattr(mod, "__version__", None)
+    return info
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """One run's directory. Create with :meth:`create`; open an existing one with ``RunDir(path)``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, config: Any, *, seed: int | None = None,
+               device: str | None = None) -> RunDir:
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        # a rerun starts clean: stale markers and metrics from a crashed attempt go
+        for stale in (DONE_FILE, ERROR_FILE, METRICS_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (run.path / stale).unlink()
+        atomic_write_text(run.path / CONFIG_FILE, dump_yaml(config))
+        atomic_write_text(
+            run.path / ENV_FILE, json.dumps(environment_info(seed, device), indent=2) + "\n"
+        )
+        return run
+
+    # files
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def log_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl and flush it to disk."""
+        line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def save_checkpoint(self, state: Mapping[str, Any], name: str = "last.pt") -> Path:
+        path = self.checkpoint_dir / name
+        save_checkpoint(state, path)
+        return path
+
+    def load_checkpoint(self, name: str = "last.pt") -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_dir / name)
+
+    def mark_done(self, summary: Mapping[str, Any] | None = None) -> None:
+        payload = {"finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+        payload.update(_jsonable(summary or {}))
+        atomic_write_text(self.path / DONE_FILE, json.dumps(payload) + "\n")
+
+    def mark_failed(self, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        atomic_write_text(self.path / ERROR_FILE, text)
+
+    @property
+    def done(self) -> bool:
+        return is_done(self.path)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[RunDir]:
+        """Record a traceback in ``error.txt`` if the body raises (and re-raise)."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.mark_failed(exc)
+            raise
+
+
+def is_done(path: str | Path) -> bool:
+    return (Path(path) / DONE_FILE).is_file()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored."""
+    file = Path(path) / METRICS_FILE
+    if not file.is_file():
+        return []
+    records = []
+    lines = file.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{file}:{i + 1}: not a JSON line") from None
+    return records
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
