@@ -13,3 +13,38 @@ from typing import Any
 
 CONFIG_KINDS: dict[str, type] = {}
 RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {}
+THEORY: dict[str, Callable[..., list[dict[str, Any]]]] = {}
+
+
+def run(config: Any, out_dir: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run one experiment of any registered kind into ``out_dir``; return its result records."""
+    from mmclshift.errors import UserError
+
+    kind = getattr(config, "kind", None)
+    if kind not in RUNNERS:
+        raise UserError(f"no runner for experiment kind {kind!r}")
+    return RUNNERS[kind](config, out_dir, **kwargs)
+
+
+def predict(config: Any) -> list[dict[str, Any]]:
+    """The theory's predictions for a config whose kind has a theory."""
+    from mmclshift.errors import UserError
+
+    kind = getattr(config, "kind", None)
+    if kind not in THEORY:
+        raise UserError(
+            f"config kind {kind!r} has no closed-form theory (kinds with one: {', '.join(sorted(THEORY))})"
+        )
+    return THEORY[kind](config)
+
+
+def _register_builtin() -> None:
+    from mmclshift.experiments import synthetic
+
+    for kind, cls in synthetic.CONFIG_KINDS.items():
+        CONFIG_KINDS[kind] = cls
+        RUNNERS[kind] = synthetic.run_experiment
+        THEORY[kind] = synthetic.predict
+
+
+_register_builtin()

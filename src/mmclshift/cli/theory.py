@@ -1,0 +1,32 @@
+"""Print the paper's closed-form predictions (ID and OOD accuracy of MMCL and SL) for a config.
+
+Example:
+  mmclshift theory configs/data_model_1.yaml data.pi_core=0.5
+  mmclshift theory configs/data_model_2.yaml --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mmclshift import experiments
+from mmclshift.cli.common import add_config_args, print_json_lines
+from mmclshift.config import load_config
+from mmclshift.report_text import format_table
+
+HELP = "closed-form ID/OOD accuracy predictions for a synthetic data-model config"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    records = experiments.predict(cfg)
+    if args.json:
+        print_json_lines(records)
+    else:
+        print(format_table(records, ["method", "split", "accuracy"], title=f"theory: {cfg.name}"))
+    return 0
