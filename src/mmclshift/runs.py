@@ -9,6 +9,14 @@ A run directory holds::
     done            written last; its presence means the run completed
 
 Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
+
+Records in metrics.jsonl are JSON objects with an ``event`` key:
+
+* ``{"event": "eval", "method": "mmcl" | "sl" | <variant>, "split": "id" | <OOD set name>,
+  "accuracy": top-1 in [0, 1], "n": test-set size, "correct": number right, "step": int | None,
+  "theory": predicted accuracy | None, ...}`` -- one per (method, test set) evaluation; these are
+  also what ``mmclshift train --json`` prints and what ``collect`` reads.
+* ``{"event": "train", "method": ..., "step": ..., "loss": ..., ...}`` -- training progress.
 """
 
 from __future__ import annotations
