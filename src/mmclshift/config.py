@@ -48,6 +48,13 @@ def probability(v: Any) -> str | None:
     return None if 0.0 <= v <= 1.0 else "must be a probability in [0, 1]"
 
 
+def at_least(lo: float) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v >= lo else f"must be >= {lo}"
+
+    return check
+
+
 def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
     def check(v: Any) -> str | None:
         ok_lo = v > lo if lo_open else v >= lo

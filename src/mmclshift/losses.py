@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 
 def linear_mmcl_similarity_terms(z_img: torch.Tensor, z_txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +37,17 @@ def linear_mmcl_loss(z_img: torch.Tensor, z_txt: torch.Tensor, W_img: torch.Tens
     return off - diag + reg
 
 
-_CLIP_LOSS = ClipLoss()
+_CLIP_LOSS = None
+
+
+def _open_clip_loss():
+    """open_clip's ClipLoss, imported on first use (importing open_clip takes seconds)."""
+    global _CLIP_LOSS
+    if _CLIP_LOSS is None:
+        from open_clip.loss import ClipLoss
+
+        _CLIP_LOSS = ClipLoss()
+    return _CLIP_LOSS
 
 
 def clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor,
@@ -47,7 +56,7 @@ def clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tenso
     if normalize:
         z_img = F.normalize(z_img, dim=-1)
         z_txt = F.normalize(z_txt, dim=-1)
-    return _CLIP_LOSS(z_img, z_txt, logit_scale)
+    return _open_clip_loss()(z_img, z_txt, logit_scale)
 
 
 def logistic_loss(scores: torch.Tensor, y_pm: torch.Tensor) -> torch.Tensor:

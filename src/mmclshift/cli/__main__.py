@@ -1,0 +1,5 @@
+import sys
+
+from mmclshift.cli import main
+
+sys.exit(main())
