@@ -110,7 +110,7 @@ def _run_steps(closure_for: Callable[[torch.Tensor | None], torch.Tensor], param
     for step in bar:
         idx = next(batches)
 
-        def closure() -> torch.Tensor:
+        def closure(idx: torch.Tensor | None = idx) -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
             loss = closure_for(idx)
             loss.backward()

@@ -1,0 +1,61 @@
+"""The command line: JSON-lines output and one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmclshift.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+DM1 = str(ROOT / "configs" / "data_model_1.yaml")
+
+
+def test_every_subcommand_has_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert "usage: mmclshift " + name in capsys.readouterr().out
+
+
+def test_theory_json(capsys):
+    assert main(["theory", DM1, "data.pi_spu=0.5", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["method"], r["split"]) for r in lines} == {
+        (m, s) for m in ("mmcl", "sl") for s in ("id", "ood", "ood_reversed")
+    }
+    for r in lines:
+        assert r["n"] is None and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_train_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", DM1, "n_train=2000", "n_test=1000", "splits=[id, ood]", "mmcl.optim.steps=50",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4 and all(r["n"] == 1000 for r in lines)
+    assert {r["method"] for r in lines} == {"mmcl", "sl"} and (out / "done").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["theory", DM1, "data.pi_core=1.5"], "'data.pi_core'"),
+        (["theory", DM1, "data.input.d_image=0"], "'data.input.d_image'"),
+        (["train", DM1, "nonsense=1"], "'nonsense'"),
+        (["theory", "missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_errors_are_one_line(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "mmclshift.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("mmclshift ")
