@@ -109,3 +109,13 @@ def test_truncated_last_metrics_line_is_ignored(tmp_run):
 def test_config_hash_changes_with_config():
     assert config_hash(small_dm1()) == config_hash(small_dm1())
     assert config_hash(small_dm1()) != config_hash(small_dm1(seed=1))
+
+
+def test_infonce_option_trains_and_learns_temperature(tmp_run):
+    cfg = small_dm1(**{"mmcl.loss": "infonce", "mmcl.optim.batch_size": 256, "mmcl.optim.steps": 60,
+                       "mmcl.optim.lr": 0.01})
+    records = run_experiment(cfg, tmp_run, progress=False)
+    assert all(r["theory"] is None for r in records if r["method"] == "mmcl")
+    state = load_checkpoint(tmp_run / "checkpoints" / "mmcl.pt")["state_dict"]
+    assert not torch.isclose(state["logit_scale"], torch.log(torch.tensor(1 / 0.07)))
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)

@@ -29,4 +29,8 @@ def run(args: argparse.Namespace) -> int:
         print_json_lines(records)
     else:
         print(format_table(records, ["method", "split", "accuracy"], title=f"theory: {cfg.name}"))
+        names, C = experiments.cross_covariance(cfg)
+        rows = [{"": a, **{b: float(C[i, j]) for j, b in enumerate(names)}} for i, a in enumerate(names)]
+        print()
+        print(format_table(rows, ["", *names], title="C^Tr = Cov(image features, caption features) (Lemma 3.2)"))
     return 0

@@ -38,6 +38,16 @@ def predict(config: Any) -> list[dict[str, Any]]:
     return THEORY[kind](config)
 
 
+def cross_covariance(config: Any) -> tuple[list[str], Any]:
+    """(feature names, C^Tr) for a config whose kind has a theory."""
+    from mmclshift.errors import UserError
+    from mmclshift.experiments import synthetic
+
+    if getattr(config, "kind", None) not in synthetic.CONFIG_KINDS:
+        raise UserError(f"config kind {config.kind!r} has no closed-form C^Tr")
+    return synthetic.describe_cross_covariance(config)
+
+
 def _register_builtin() -> None:
     from mmclshift.experiments import synthetic
 
