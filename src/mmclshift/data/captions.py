@@ -42,12 +42,16 @@ def words(text: str) -> list[str]:
 
 
 def _singular(word: str) -> str:
+    """A canonical form shared by a noun and its plural (dog/dogs, bus/buses, cake/cakes,
+    puppy/puppies, glass/glasses); irregular plurals need a synonym entry."""
     if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith(("ches", "shes", "sses", "xes", "zes", "oes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
+        word = word[:-3] + "y"
+    elif len(word) > 3 and word.endswith(("ches", "shes", "sses", "xes", "zes", "oes")):
+        word = word[:-2]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us")):
+        word = word[:-1]
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
     return word
 
 
@@ -55,9 +59,7 @@ class ClassVocab:
     """Class names with synonyms; maps a caption to the classes it mentions, in order."""
 
     def __init__(self, names: Sequence[str], synonyms: Mapping[str, Sequence[str]] | None = None):
-        self.names = list(names)
-        if len(set(self.names)) != len(self.names):
-            raise UserError("class vocabulary has duplicate class names")
+        self.names = list(names)  # may repeat (ImageNet has two "crane"s); a phrase maps to the first
         self._phrases: dict[tuple[str, ...], int] = {}
         for idx, name in enumerate(self.names):
             for phrase in [name, *((synonyms or {}).get(name, []))]:
