@@ -51,7 +51,7 @@ def tokenizer(texts):
 
 @pytest.fixture()
 def colour_set(tmp_path):
-    (tmp_path / "classes.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(WNIDS, NAMES)))
+    (tmp_path / "classes.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(WNIDS, NAMES, strict=True)))
     (tmp_path / "subset.txt").write_text("n00000001\nn00000003\nn00000005\n")
     root = tmp_path / "val"
     for k in range(4):
@@ -120,7 +120,7 @@ def test_objectnet_groups_project_by_max(tmp_path):
                                                                     for i in range(5)}))
     by_id = {(i + 1) % 5: NAMES[i] for i in range(5)}
     (m / "imagenet_to_label_2012_v2").write_text("".join(by_id[j] + "\n" for j in range(5)))
-    (tmp_path / "classes.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(WNIDS, NAMES)))
+    (tmp_path / "classes.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(WNIDS, NAMES, strict=True)))
     for folder, color in (("cup", COLORS[1]), ("lamp", COLORS[2]), ("sock", COLORS[4])):
         (tmp_path / "images" / folder).mkdir(parents=True)
         Image.new("RGB", (8, 8), color).save(tmp_path / "images" / folder / "a.png")
