@@ -134,9 +134,9 @@ def clip_loss_distributed(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale:
     if normalize:
         z_img = F.normalize(z_img, dim=-1)
         z_txt = F.normalize(z_txt, dim=-1)
-    if world_size <= 1:
-        return _CLIP_LOSS(z_img, z_txt, logit_scale)
-    loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
+    from open_clip.loss import ClipLoss as _ClipLoss
+
+    loss = _ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
     return loss(z_img, z_txt, logit_scale)
 
 
