@@ -66,3 +66,125 @@ def logistic_loss(scores: torch.Tensor, y_pm: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
+
+
+# --------------------------------------------------------------------------- real-data tier losses
+#
+# The losses below are used by the image-caption trainer (Figure 3 of the paper). Each one takes
+# the *local* batch's features and, when ``world_size > 1``, gathers every rank's features with
+# gradients (``open_clip.loss.gather_features(gather_with_grad=True)``) so that the loss is the
+# one of the global batch, exactly as ``ClipLoss(local_loss=False, gather_with_grad=True)`` does.
+
+
+def _gather(
+    z_img: torch.Tensor, z_txt: torch.Tensor, rank: int, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if world_size <= 1:
+        return z_img, z_txt
+    from open_clip.loss import gather_features
+
+    return gather_features(z_img, z_txt, local_loss=False, gather_with_grad=True,
+                           rank=rank, world_size=world_size)
+
+
+def _gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size <= 1:
+        return labels
+    import torch.distributed as dist
+
+    out = [torch.empty_like(labels) for _ in range(world_size)]
+    dist.all_gather(out, labels.contiguous())
+    return torch.cat(out)
+
+
+def gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
+    """All ranks' labels concatenated in rank order (no gradient; matches the feature gather)."""
+    return _gather_labels(labels, world_size)
+
+
+def same_class_negative_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean (n, n) mask of the in-batch negatives that share the anchor's class.
+
+    ``mask[i, j]`` is True when ``j != i`` and ``labels[i] == labels[j] >= 0``. A negative label
+    means "no class" and is treated as a class of its own (never masked).
+    """
+    labels = labels.reshape(-1)
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+    same.fill_diagonal_(False)
+    return same
+
+
+def intra_class_ablation_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor,
+                              labels: torch.Tensor, *, normalize: bool = True, rank: int = 0,
+                              world_size: int = 1) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE with the same-class in-batch negatives removed (Figure 3c).
+
+    For anchor image ``i`` the softmax runs over its own caption and the captions of samples of a
+    *different* class (and symmetrically for captions), so the model no longer contrasts within a
+    class. When every sample has a distinct class this is exactly :func:`clip_loss`.
+    ``labels`` are the local batch's class ids (negative = no class).
+    """
+    if normalize:
+        z_img = F.normalize(z_img, dim=-1)
+        z_txt = F.normalize(z_txt, dim=-1)
+    all_img, all_txt = _gather(z_img, z_txt, rank, world_size)
+    all_labels = _gather_labels(labels, world_size)
+    logits = logit_scale * all_img @ all_txt.T
+    mask = same_class_negative_mask(all_labels)
+    logits = logits.masked_fill(mask, float("-inf"))
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def clip_loss_distributed(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor,
+                          *, normalize: bool = True, rank: int = 0,
+                          world_size: int = 1) -> torch.Tensor:
+    """:func:`clip_loss` over all ranks' features (``ClipLoss`` with ``gather_with_grad``)."""
+    if normalize:
+        z_img = F.normalize(z_img, dim=-1)
+        z_txt = F.normalize(z_txt, dim=-1)
+    from open_clip.loss import ClipLoss as _ClipLoss
+
+    loss = _ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
+    return loss(z_img, z_txt, logit_scale)
+
+
+def siglip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor, *, normalize: bool = True, rank: int = 0,
+                world_size: int = 1) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (``open_clip.loss.SigLipLoss``; exchanges features over ranks)."""
+    from open_clip.loss import SigLipLoss
+
+    if normalize:
+        z_img = F.normalize(z_img, dim=-1)
+        z_txt = F.normalize(z_txt, dim=-1)
+    return SigLipLoss(rank=rank, world_size=world_size)(z_img, z_txt, logit_scale, logit_bias)
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *,
+                normalize: bool = True, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) with one view per sample.
+
+    ``-1/|P(i)| sum_{p in P(i)} log softmax_{a != i}(z_i . z_a / tau)[p]`` averaged over the anchors
+    that have at least one positive (another sample of the same class); samples with a negative
+    label (no class) are neither anchors nor positives. Over ranks, features are gathered with
+    gradients. Returns 0 (with a gradient path) when no anchor has a positive.
+    """
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    if world_size > 1:
+        z, _ = _gather(z, z, rank, world_size)
+        labels = _gather_labels(labels, world_size)
+    labels = labels.reshape(-1)
+    n = z.shape[0]
+    logits = z @ z.T / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) & ~eye
+    n_pos = pos.sum(1)
+    anchors = n_pos > 0
+    if not bool(anchors.any()):
+        return z.sum() * 0.0
+    pos_log_prob = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1)
+    return -(pos_log_prob[anchors] / n_pos[anchors]).mean()

@@ -15,6 +15,7 @@ from pathlib import Path
 from mmclshift import experiments
 from mmclshift.cli.common import add_config_args, print_json_lines
 from mmclshift.config import load_config
+from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
 from mmclshift.runs import config_hash
 
@@ -27,11 +28,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: runs/<name>-<config hash>)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run on small built-in fixtures (kinds with a smoke path, e.g. clip_real)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{config_hash(cfg)}"
+    if getattr(args, "smoke", False):
+        if cfg.kind not in experiments.SMOKE:
+            raise UserError(f"config kind {cfg.kind!r} has no --smoke path")
+        cfg = experiments.SMOKE[cfg.kind](cfg, out)
     records = experiments.run(cfg, str(out), progress=not args.no_progress and not args.json)
     if args.json:
         print_json_lines(records)

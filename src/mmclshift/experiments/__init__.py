@@ -14,6 +14,8 @@ from typing import Any
 CONFIG_KINDS: dict[str, type] = {}
 RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {}
 THEORY: dict[str, Callable[..., list[dict[str, Any]]]] = {}
+#: kind -> function(config, out_dir) -> config rewritten to run on built-in fixtures (``--smoke``)
+SMOKE: dict[str, Callable[..., Any]] = {}
 
 
 def run(config: Any, out_dir: str, **kwargs: Any) -> list[dict[str, Any]]:
@@ -49,6 +51,13 @@ def cross_covariance(config: Any) -> tuple[list[str], Any]:
 
 
 def _register_builtin() -> None:
+    from mmclshift import realdata
+
+    for kind, cls in realdata.CONFIG_KINDS.items():
+        CONFIG_KINDS[kind] = cls
+        RUNNERS[kind] = realdata.run_experiment
+        SMOKE[kind] = realdata.smoke_config
+
     from mmclshift.experiments import synthetic
 
     for kind, cls in synthetic.CONFIG_KINDS.items():
