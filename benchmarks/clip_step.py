@@ -34,8 +34,8 @@ def main() -> None:
     from mmclshift.data.captions import load_vocab
     from mmclshift.data.fixtures import build_fixtures
     from mmclshift.data.image_text import load_image, make_source
+    from mmclshift.experiments.real import build_stream, config_from_dict
     from mmclshift.models.clip_models import create_clip
-    from mmclshift.realdata import build_stream, config_from_dict
     from mmclshift.runs import RunDir
     from mmclshift.train.clip import TrainSettings, train
 

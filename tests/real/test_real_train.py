@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmclshift.realdata import config_from_dict, run_experiment
+from mmclshift.experiments.real import config_from_dict, run_experiment
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -78,7 +78,7 @@ def test_resume_is_bit_identical(fx, tmp_path):
 DDP_SCRIPT = r"""
 import json, logging, os, sys
 logging.getLogger().setLevel(logging.ERROR)
-from mmclshift.realdata import config_from_dict, run_experiment
+from mmclshift.experiments.real import config_from_dict, run_experiment
 cfg = config_from_dict(json.loads(sys.argv[1]))
 run_experiment(cfg, sys.argv[2], progress=False)
 """
@@ -126,7 +126,7 @@ def test_ddp_two_processes_match_single_process(fx, tmp_path):
 def test_configs_smoke(name, tmp_path):
     import yaml
 
-    from mmclshift.realdata import smoke_config
+    from mmclshift.experiments.real import smoke_config
 
     root = Path(__file__).resolve().parents[2]
     cfg = config_from_dict(yaml.safe_load((root / "configs" / f"{name}.yaml").read_text()))

@@ -51,7 +51,7 @@ def cross_covariance(config: Any) -> tuple[list[str], Any]:
 
 
 def _register_builtin() -> None:
-    from mmclshift import realdata
+    from mmclshift.experiments import real as realdata
 
     for kind, cls in realdata.CONFIG_KINDS.items():
         CONFIG_KINDS[kind] = cls
