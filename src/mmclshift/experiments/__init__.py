@@ -39,12 +39,16 @@ def predict(config: Any) -> list[dict[str, Any]]:
 
 
 def _register_builtin() -> None:
-    from mmclshift.experiments import synthetic
+    from mmclshift.experiments import semisynthetic, synthetic
 
     for kind, cls in synthetic.CONFIG_KINDS.items():
         CONFIG_KINDS[kind] = cls
         RUNNERS[kind] = synthetic.run_experiment
         THEORY[kind] = synthetic.predict
+
+    for kind, cls in semisynthetic.CONFIG_KINDS.items():
+        CONFIG_KINDS[kind] = cls
+        RUNNERS[kind] = semisynthetic.run_experiment
 
 
 _register_builtin()
