@@ -120,6 +120,17 @@ def test_torchvision_tower_is_usable():
     assert enc(torch.rand(2, 3, 28, 28)).shape == (2, 8)
 
 
+def test_open_clip_tower_is_usable_and_its_size_is_enforced():
+    from mmclshift.config import ConfigError
+    from mmclshift.models.towers import ImageEncoder, ModelConfig
+
+    enc = ImageEncoder(ModelConfig(image_encoder="open_clip:RN50", embed_dim=8))
+    with torch.no_grad():
+        assert enc(torch.rand(1, 3, 28, 28)).shape == (1, 8)
+    with pytest.raises(ConfigError, match="model.image_size"):
+        ImageEncoder(ModelConfig(image_encoder="open_clip:RN50", image_size=64))
+
+
 def test_grid_writes_one_run_per_cell_and_skips_done(tmp_path, capsys):
     cfg = replace(_tiny("splits=[id, ood]"), **{"grid.pi_core": [0.0, 1.0], "grid.pi_spu": [1.0],
                                                "grid.seeds": [0]})

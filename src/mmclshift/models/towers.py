@@ -29,8 +29,8 @@ class ModelConfig:
     """Encoder architectures (shared by MMCL and SL)."""
 
     image_encoder: str = param("small_cnn", help="small_cnn | torchvision:<name> | open_clip:<name>")
-    image_size: int | None = param(None, help="resize inputs to this size (default: 28, or the "
-                                   "open_clip tower's own size)", check=positive)
+    image_size: int | None = param(None, help="resize inputs to this size (default: 28 for small_cnn, "
+                                   "32 for torchvision; open_clip towers use their own size)", check=positive)
     cnn_width: int = param(16, help="channels of the small CNN's first conv (second is 2x)", check=positive)
     feature_dim: int = param(128, help="image tower output width", check=positive)
     embed_dim: int = param(64, help="shared embedding dimension p", check=positive)
@@ -100,7 +100,10 @@ def build_image_tower(cfg: ModelConfig) -> tuple[nn.Module, int]:
     if arch not in open_clip.list_models():
         raise ConfigError(f"config key 'model.image_encoder': unknown open_clip model {arch!r}")
     visual = open_clip.create_model(arch, pretrained=None).visual
-    size = cfg.image_size or _open_clip_size(visual)
+    size = _open_clip_size(visual)  # its positional embeddings fix the input size
+    if cfg.image_size not in (None, size):
+        raise ConfigError(f"config key 'model.image_size': open_clip:{arch} takes {size}x{size} "
+                          f"inputs; leave image_size empty or set it to {size}")
     out = getattr(visual, "output_dim", None) or cfg.feature_dim
     return _Resized(visual, size), int(out)
 
