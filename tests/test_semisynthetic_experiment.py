@@ -107,6 +107,24 @@ def test_run_directory_records_source_schema_and_is_deterministic(tmp_path):
     assert json.loads((run / "done").read_text())["data_source"] == data["source"]
 
 
+def test_run_from_an_idx_root_records_that_source(tmp_path):
+    from mmclshift.data.digits import IDX_FILES, load_embedded_digits, write_idx
+
+    d = load_embedded_digits()
+    root = tmp_path / "mnist" / "MNIST" / "raw"
+    root.mkdir(parents=True)
+    arrays = {"train_images": d.train_images[::20], "train_labels": d.train_labels[::20],
+              "test_images": d.test_images[::10], "test_labels": d.test_labels[::10]}
+    for key, stem in IDX_FILES.items():
+        write_idx(root / f"{stem}.gz", arrays[key])
+    recs = run_experiment(_tiny(f"data.root={tmp_path / 'mnist'}", "data.n_train=null",
+                                "data.n_test=null"), tmp_path / "run", progress=False)
+    assert {r["data_source"] for r in recs} == {f"mnist-idx:{tmp_path / 'mnist'}"}
+    assert all(r["n"] == 100 for r in recs)
+    [data] = [m for m in read_metrics(tmp_path / "run") if m["event"] == "data"]
+    assert data["n_train"] == 200 and data["n_test"] == 100
+
+
 def test_linear_loss_and_transformer_text_tower_run(tmp_path):
     recs = run_experiment(_tiny("mmcl.loss=linear", "model.text_encoder=transformer",
                                 "model.text_width=16", "methods=[mmcl]"), tmp_path / "r", progress=False)
