@@ -143,6 +143,14 @@ def test_colour_agreement_matches_configured_strength(embedded):
     assert torch.equal(ood.labels, idd.labels) and torch.equal(rev.labels, idd.labels)
 
 
+def test_configured_ood_strength(embedded):
+    cfg = _cfg(spurious_strength=0.95, ood_spurious_strength=0.3)
+    s = ss.build_splits(embedded, cfg, seed=2, splits=["ood", "id"])
+    assert _binomial_ok(int((s["ood"].colours == s["ood"].labels).sum()), len(s["ood"]), 0.3)
+    assert _binomial_ok(int((s["id"].colours == s["id"].labels).sum()), len(s["id"]), 0.95)
+    assert _binomial_ok(int((s["train"].colours == s["train"].labels).sum()), len(s["train"]), 0.95)
+
+
 def test_caption_detail_frequencies_match_pi(embedded):
     cfg = _cfg(pi_core=0.7, pi_spu=0.3, pi_style=0.5)
     tr = ss.build_splits(embedded, cfg, seed=5, splits=[])["train"]
@@ -221,7 +229,8 @@ def test_images_do_not_depend_on_caption_probabilities(embedded):
     assert torch.equal(a["train"].tokens, c["train"].tokens)  # same seed -> same data
 
 
-@pytest.mark.parametrize("key", ["pi_core", "pi_spu", "pi_style", "spurious_strength"])
+@pytest.mark.parametrize("key", ["pi_core", "pi_spu", "pi_style", "spurious_strength",
+                                 "ood_spurious_strength"])
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_probability_outside_unit_interval_names_the_key(key, value):
     with pytest.raises(ConfigError) as exc:

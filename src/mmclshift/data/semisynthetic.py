@@ -11,7 +11,8 @@ feature masking, Figure 1). The exact construction is reconstructed here (see do
 * **Correlation**: in training (and the ID test set, Figure 5) the colour is the label's colour with
   probability ``spurious_strength`` and otherwise uniform over the other nine colours, so the
   fraction of images whose colour agrees with the label is exactly that strength in expectation.
-  ``ood`` draws the colour uniformly over all ten, independent of the label (agreement 1/10);
+  ``ood`` draws the colour uniformly over all ten, independent of the label (agreement 1/10;
+  or, with ``ood_spurious_strength`` set, agreement with that probability);
   ``ood_reversed`` always shows the colour of the next class, ``(y + 1) mod 10`` (agreement 0).
 * **Captions**: ``"a photo of the digit [<digit>] [in <colour>] [written <thick|thin>]"``: the digit
   name is written with probability ``pi_core``, the colour with probability ``pi_spu`` and the
@@ -76,6 +77,9 @@ class SemiSyntheticDataConfig:
         "foreground", help="where the spurious colour goes: digit strokes, background, or a corner patch")
     spurious_strength: float = param(
         0.9, help="P(colour = the label's colour) in training and the ID test set", check=probability)
+    ood_spurious_strength: float | None = param(
+        None, help="P(colour = the label's colour) in the ood split; empty: independent of the label "
+        "(uniform over the ten colours, agreement 1/10)", check=probability)
     pi_core: float = param(1.0, help="P(a caption names the digit) -- caption richness in the core feature",
                            check=probability)
     pi_spu: float = param(1.0, help="P(a caption names the colour)", check=probability)
@@ -151,9 +155,15 @@ def zero_shot_prompts() -> torch.Tensor:
 
 
 def assign_colours(labels: np.ndarray, split: str, strength: float,
-                   rng: np.random.Generator) -> np.ndarray:
-    """The spurious colour of each image for a split kind (see module docstring)."""
+                   rng: np.random.Generator, ood_strength: float | None = None) -> np.ndarray:
+    """The spurious colour of each image for a split kind (see module docstring).
+
+    ``ood_strength`` (optional) makes the ``ood`` split correlated like training, with that
+    agreement probability, instead of independent of the label.
+    """
     n = len(labels)
+    if split == "ood" and ood_strength is not None:
+        split, strength = "id", ood_strength
     if split in ("train", "id"):
         agree = rng.random(n) < strength
         other = (labels + rng.integers(1, NUM_CLASSES, size=n)) % NUM_CLASSES  # uniform over the other 9
@@ -205,7 +215,8 @@ def build_split(digits: np.ndarray, labels: np.ndarray, split: str, cfg: SemiSyn
         subset_stream = _rng(seed, "train" if split == "train" else "id", 0)
         keep = np.sort(subset_stream.permutation(len(labels))[:limit])
         digits, labels = digits[keep], labels[keep]
-    colours = assign_colours(labels, split, cfg.spurious_strength, _rng(seed, split, 1))
+    colours = assign_colours(labels, split, cfg.spurious_strength, _rng(seed, split, 1),
+                             cfg.ood_spurious_strength)
     images = render(digits, colours, cfg.spurious)
     thick = digits.reshape(len(digits), -1).mean(1) > threshold
     crng = _rng(seed, split, 2)
