@@ -275,7 +275,7 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
     pivot = format_pivot(rows, cfg.grid.pi_core, cfg.grid.pi_spu, f"mmcl_{split}")
     sl_split = [acc(f"sl-seed{s}", "sl", split) for s in cfg.grid.seeds]
     footer = f"SL {split}: {_mean(sl_split):.4f}"
-    if sl_id:
+    if sl_id and split != "id":
         footer += f"   SL id: {_mean(sl_id):.4f}"
     elapsed = time.perf_counter() - t0
     return {"rows": rows, "table": f"{table}\n\nMMCL {split} accuracy (rows pi_core, columns pi_spu)\n"
