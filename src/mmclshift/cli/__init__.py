@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import demo, theory, train
+from mmclshift.cli import demo, grid, theory, train
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
     "theory": theory,
     "train": train,
     "demo": demo,
+    "grid": grid,
 }
 
 

@@ -51,19 +51,23 @@ def cross_covariance(config: Any) -> tuple[list[str], Any]:
 
 
 def _register_builtin() -> None:
-    from mmclshift.experiments import real as realdata
+    from mmclshift.experiments import real
 
-    for kind, cls in realdata.CONFIG_KINDS.items():
+    for kind, cls in real.CONFIG_KINDS.items():
         CONFIG_KINDS[kind] = cls
-        RUNNERS[kind] = realdata.run_experiment
-        SMOKE[kind] = realdata.smoke_config
+        RUNNERS[kind] = real.run_experiment
+        SMOKE[kind] = real.smoke_config
 
-    from mmclshift.experiments import synthetic
+    from mmclshift.experiments import semisynthetic, synthetic
 
     for kind, cls in synthetic.CONFIG_KINDS.items():
         CONFIG_KINDS[kind] = cls
         RUNNERS[kind] = synthetic.run_experiment
         THEORY[kind] = synthetic.predict
+
+    for kind, cls in semisynthetic.CONFIG_KINDS.items():
+        CONFIG_KINDS[kind] = cls
+        RUNNERS[kind] = semisynthetic.run_experiment
 
 
 _register_builtin()

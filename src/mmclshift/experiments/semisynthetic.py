@@ -1,0 +1,309 @@
+"""The semi-synthetic tier: MNIST digits + a spurious colour, captions of controlled richness.
+
+Config kind ``semisynthetic`` (paper Section 6, Figures 1, 2, 4, 5). A run builds the training
+images and captions (:mod:`mmclshift.data.semisynthetic`), trains MMCL (two towers, CLIP loss
+or the paper's linear loss) and SL (the same image encoder + a linear head, cross-entropy on
+digit labels) with matched optimisation, and evaluates both on:
+
+* ``id`` -- test digits built like the training data (Figure 5),
+* ``ood`` -- test digits with the colour independent of the label (Figure 2),
+* ``ood_reversed`` -- test digits always shown in another class's colour.
+
+:func:`run_grid` runs the Figure 2 grid over ``pi_core`` x ``pi_spu`` (and seeds), one run
+directory per cell, skipping cells already done, and formats the MMCL-vs-SL OOD table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmclshift.config import ConfigError, each, param, probability, replace
+from mmclshift.data.digits import load_digits
+from mmclshift.data.semisynthetic import (
+    MAX_CAPTION_LEN,
+    NUM_CLASSES,
+    SPLIT_KINDS,
+    VOCAB,
+    SemiSyntheticDataConfig,
+    build_splits,
+    zero_shot_prompts,
+)
+from mmclshift.evaluate.semisynthetic import accuracy, predict, zero_shot_head
+from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
+from mmclshift.report_text import format_table
+from mmclshift.runs import RunDir, is_done, read_metrics, seed_everything
+from mmclshift.train.images import (
+    MMCLLossConfig,
+    TrainConfig,
+    clamp_logit_scale,
+    mmcl_loss_fn,
+    sl_loss_fn,
+    train_loop,
+)
+
+METHODS = ("mmcl", "sl")
+TEST_SPLITS = tuple(s for s in SPLIT_KINDS if s != "train")
+
+
+@dataclass
+class GridConfig:
+    """The Figure 2 grid: one MMCL run per (pi_core, pi_spu, seed); one SL run per seed."""
+
+    pi_core: list[float] = param(default_factory=lambda: [0.0, 0.5, 1.0],
+                                 help="caption probabilities of the digit", check=each(probability))
+    pi_spu: list[float] = param(default_factory=lambda: [0.0, 0.5, 1.0],
+                                help="caption probabilities of the colour", check=each(probability))
+    seeds: list[int] = param(default_factory=lambda: [0], help="seeds (each cell is run per seed)")
+
+
+@dataclass
+class SemiSyntheticExperiment:
+    kind: str = param("semisynthetic", help="experiment kind")
+    name: str = param("semisynthetic", help="a name for the run (used in default run-directory names)")
+    seed: int = param(0, help="seed of the data construction, initialisation and minibatch order")
+    device: str = param("cpu", help="cpu, cuda, cuda:N")
+    threads: int = param(1, help="torch CPU threads during the run (0: leave torch's setting); "
+                         "1 is fastest for the small CNN, above all on shared cores")
+    methods: list[str] = param(default_factory=lambda: list(METHODS), help="methods to train: mmcl, sl")
+    splits: list[str] = param(default_factory=lambda: list(TEST_SPLITS), help="test splits")
+    data: SemiSyntheticDataConfig = field(default_factory=SemiSyntheticDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mmcl: MMCLLossConfig = field(default_factory=MMCLLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    save_checkpoints: bool = param(True, help="save the trained models in checkpoints/")
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"config key 'methods': must be a non-empty list of {', '.join(METHODS)}; got {self.methods!r}")
+        bad = [s for s in self.splits if s not in TEST_SPLITS]
+        if bad:
+            raise ConfigError(f"config key 'splits': unknown split {bad[0]!r} (known: {', '.join(TEST_SPLITS)})")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"config key 'device': must be cpu or cuda[:N]; got {self.device!r}")
+
+
+CONFIG_KINDS: dict[str, type] = {"semisynthetic": SemiSyntheticExperiment}
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return None
+    return SummaryWriter(log_dir=str(path / "tensorboard"))
+
+
+def run_experiment(cfg: SemiSyntheticExperiment, out_dir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Train the config's methods on one construction of the data; evaluate; write the run dir."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {cfg.device} requested but CUDA is not available")
+    digits = load_digits(cfg.data.root)  # before the run dir: a bad root loses nothing
+    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=str(device))
+    writer = _tensorboard(run.path)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with run.guard():
+            records = _run(cfg, run, digits, device, progress, writer)
+    finally:
+        torch.set_num_threads(threads)
+        if writer is not None:
+            writer.close()
+    return records
+
+
+def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.device,
+         progress: bool, writer: Any) -> list[dict[str, Any]]:
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    data = build_splits(digits, cfg.data, cfg.seed, cfg.splits)
+    train = data["train"]
+    run.log_metrics({
+        "event": "data", **digits.describe(), "n_train_used": len(train),
+        "spurious": cfg.data.spurious, "spurious_strength": cfg.data.spurious_strength,
+        "train_colour_agreement": float((train.colours == train.labels).float().mean()),
+        "train_names_core": float(train.names_core.float().mean()),
+        "train_names_spu": float(train.names_spu.float().mean()),
+        "build_seconds": time.perf_counter() - t0,
+    })
+    images = train.images.to(device) if device.type == "cuda" else train.images
+    models: dict[str, Any] = {}
+    throughput: dict[str, float] = {}
+    for method in METHODS:
+        if method not in cfg.methods:
+            continue
+        # the same init stream and the same minibatch/augmentation stream for both methods
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        if method == "mmcl":
+            model = TwoTowerModel(cfg.model, len(VOCAB), MAX_CAPTION_LEN,
+                                  init_temperature=cfg.mmcl.temperature,
+                                  learn_temperature=cfg.mmcl.learn_temperature).to(device)
+            stats = train_loop(model, mmcl_loss_fn(model, cfg.mmcl), images, train.tokens, cfg.train,
+                               gen, method=method, device=device, progress=progress,
+                               log=run.log_metrics, writer=writer,
+                               after_step=clamp_logit_scale(model, cfg.mmcl))
+        else:
+            model = SupervisedModel(cfg.model, NUM_CLASSES).to(device)
+            stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
+                               method=method, device=device, progress=progress,
+                               log=run.log_metrics, writer=writer)
+        throughput[method] = stats["samples_per_s"]
+        models[method] = model
+        if cfg.save_checkpoints:
+            run.save_checkpoint({"state_dict": model.state_dict(), "method": method}, f"{method}.pt")
+
+    records = []
+    for method, model in models.items():
+        if method == "mmcl":
+            head = zero_shot_head(model, zero_shot_prompts(), device)
+            encode, kwargs = model.image, {"head": head}
+        else:
+            encode, kwargs = model, {}
+        for split in cfg.splits:
+            test = data[split]
+            acc, correct, n = accuracy(predict(encode, test.images, device, **kwargs), test.labels)
+            rec = {"event": "eval", "method": method, "split": split, "accuracy": acc, "n": n,
+                   "correct": correct, "step": cfg.train.steps, "theory": None,
+                   "pi_core": cfg.data.pi_core, "pi_spu": cfg.data.pi_spu,
+                   "spurious_strength": cfg.data.spurious_strength, "seed": cfg.seed,
+                   "data_source": digits.source}
+            run.log_metrics(rec)
+            if writer is not None:
+                writer.add_scalar(f"{method}/accuracy_{split}", acc, cfg.train.steps)
+            records.append(rec)
+    run.mark_done({"records": len(records), "data_source": digits.source,
+                   "samples_per_s": throughput, "seconds": time.perf_counter() - t0})
+    return records
+
+
+def demo_config() -> SemiSyntheticExperiment:
+    """The smoke-scale Figure 2 grid on the embedded digits (= configs/fig2_smoke.yaml).
+
+    3 x 3 cells over pi_core, pi_spu in {0, 0.5, 1}, one seed, 300 steps per model on 14x14 inputs,
+    one CPU thread: ``run_grid(demo_config(), out)`` is what ``make demo`` runs for this tier.
+    """
+    return SemiSyntheticExperiment(
+        name="fig2-smoke", splits=list(TEST_SPLITS), threads=1, save_checkpoints=False,
+        data=SemiSyntheticDataConfig(spurious_strength=0.9, pi_core=1.0, pi_spu=1.0),
+        model=ModelConfig(image_size=14, cnn_width=16, embed_dim=64),
+        train=TrainConfig(steps=300, batch_size=128, lr=0.002),
+        grid=GridConfig(pi_core=[0.0, 0.5, 1.0], pi_spu=[0.0, 0.5, 1.0], seeds=[0]),
+    )
+
+
+# --------------------------------------------------------------------------- Figure 2 grid
+
+
+def _fmt_pi(v: float) -> str:
+    return f"{v:g}"
+
+
+def grid_cells(cfg: SemiSyntheticExperiment) -> list[tuple[str, SemiSyntheticExperiment]]:
+    """(run-directory name, config) for every run of the grid: SL once per seed, MMCL per cell."""
+    cells = []
+    for seed in cfg.grid.seeds:
+        cells.append((f"sl-seed{seed}", replace(cfg, seed=seed, methods=["sl"])))
+        for pc in cfg.grid.pi_core:
+            for ps in cfg.grid.pi_spu:
+                name = f"mmcl-core{_fmt_pi(pc)}-spu{_fmt_pi(ps)}-seed{seed}"
+                cells.append((name, replace(cfg, seed=seed, methods=["mmcl"],
+                                            **{"data.pi_core": pc, "data.pi_spu": ps})))
+    return cells
+
+
+def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
+             split: str = "ood") -> dict[str, Any]:
+    """Figure 2: MMCL's accuracy on ``split`` over ``grid.pi_core`` x ``grid.pi_spu`` vs SL's.
+
+    Every run gets its own directory under ``out_dir`` (skipped when already done). SL does not
+    read captions, so it is trained once per seed on the same images the MMCL cells use.
+    Returns ``{"rows": [...], "table": str, "seconds": float}``; rows hold per-cell means over seeds.
+    """
+    if split not in cfg.splits:
+        raise ConfigError(f"config key 'splits': the grid reports split {split!r}, which is not evaluated")
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {}
+    cells = grid_cells(cfg)
+    for i, (name, cell_cfg) in enumerate(cells):
+        run_dir = out / name
+        if not is_done(run_dir):
+            if progress:
+                print(f"[grid {i + 1}/{len(cells)}] {name}", flush=True)
+            run_experiment(cell_cfg, run_dir, progress=progress)
+        results[name] = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
+
+    def acc(name: str, method: str, which: str) -> float | None:
+        for r in results[name]:
+            if r["method"] == method and r["split"] == which:
+                return r["accuracy"]
+        return None
+
+    rows = []
+    for pc in cfg.grid.pi_core:
+        for ps in cfg.grid.pi_spu:
+            mm, sl, mm_id = [], [], []
+            for seed in cfg.grid.seeds:
+                mm.append(acc(f"mmcl-core{_fmt_pi(pc)}-spu{_fmt_pi(ps)}-seed{seed}", "mmcl", split))
+                sl.append(acc(f"sl-seed{seed}", "sl", split))
+                if "id" in cfg.splits:
+                    mm_id.append(acc(f"mmcl-core{_fmt_pi(pc)}-spu{_fmt_pi(ps)}-seed{seed}", "mmcl", "id"))
+            row = {"pi_core": pc, "pi_spu": ps, f"mmcl_{split}": _mean(mm), f"sl_{split}": _mean(sl),
+                   f"mmcl_{split}_se": _se(mm), "seeds": len(cfg.grid.seeds)}
+            row["mmcl-sl"] = row[f"mmcl_{split}"] - row[f"sl_{split}"]
+            if mm_id:
+                row["mmcl_id"] = _mean(mm_id)
+            rows.append(row)
+    cols = ["pi_core", "pi_spu", f"mmcl_{split}", f"sl_{split}", "mmcl-sl"]
+    if "id" in cfg.splits:
+        cols.append("mmcl_id")
+    sl_id = [acc(f"sl-seed{s}", "sl", "id") for s in cfg.grid.seeds] if "id" in cfg.splits else []
+    title = (f"Figure 2 ({cfg.name}): {split} accuracy of zero-shot MMCL vs SL; spurious "
+             f"strength {cfg.data.spurious_strength:g}, {len(cfg.grid.seeds)} seed(s)")
+    table = format_table(rows, cols, title=title)
+    pivot = format_pivot(rows, cfg.grid.pi_core, cfg.grid.pi_spu, f"mmcl_{split}")
+    sl_split = [acc(f"sl-seed{s}", "sl", split) for s in cfg.grid.seeds]
+    footer = f"SL {split}: {_mean(sl_split):.4f}"
+    if sl_id and split != "id":
+        footer += f"   SL id: {_mean(sl_id):.4f}"
+    elapsed = time.perf_counter() - t0
+    return {"rows": rows, "table": f"{table}\n\nMMCL {split} accuracy (rows pi_core, columns pi_spu)\n"
+            f"{pivot}\n{footer}", "seconds": elapsed}
+
+
+def format_pivot(rows: list[dict[str, Any]], pi_core: list[float], pi_spu: list[float], key: str) -> str:
+    lookup = {(r["pi_core"], r["pi_spu"]): r[key] for r in rows}
+    header = ["pi_core \\ pi_spu"] + [_fmt_pi(p) for p in pi_spu]
+    lines = [header]
+    for pc in pi_core:
+        lines.append([_fmt_pi(pc)] + [f"{lookup[(pc, ps)]:.4f}" for ps in pi_spu])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def _mean(values: list[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _se(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+
+
+__all__ = ["CONFIG_KINDS", "GridConfig", "SemiSyntheticExperiment", "demo_config", "grid_cells",
+           "run_experiment", "run_grid"]
