@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import demo, grid, theory, train
+from mmclshift.cli import collect, demo, grid, report, robustness, theory, train
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -20,6 +20,9 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "demo": demo,
     "grid": grid,
+    "collect": collect,
+    "robustness": robustness,
+    "report": report,
 }
 
 

@@ -1,0 +1,214 @@
+"""Effective robustness (Taori et al. 2020; the paper's Figure 3): OOD accuracy beyond what a
+baseline family's ID-OOD trend predicts.
+
+The recipe follows imagenet-testbed:
+
+1. transform accuracies (logit by default, probit, or none); accuracies of exactly 0 or 1 are
+   clipped to ``[eps, 1 - eps]`` with ``eps = 1e-4`` before a logit or probit;
+2. fit a line ``T(ood) = slope * T(id) + intercept`` (``scipy.stats.linregress``) on the baseline
+   models only (by default the SL runs);
+3. a model's effective robustness is its observed OOD accuracy minus the line's prediction mapped
+   back to accuracy: ``ER = ood - T^{-1}(slope * T(id) + intercept)``;
+4. per point, Clopper-Pearson (exact binomial) intervals from the image counts; for the line, a
+   bootstrap band over the baseline points.
+
+With several OOD test sets the paper averages: :func:`average_effective_robustness` fits a line
+per OOD set and averages each model's ER. :func:`fit_multi_id` is the multi-ID variant: one
+linear model of ``T(ood)`` on several ID test sets at once (least squares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+from mmclshift.errors import UserError
+
+Transform = Literal["logit", "probit", "none"]
+EPS = 1e-4
+
+
+def _as_array(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise UserError(f"{name}: expected a 1-D sequence of accuracies")
+    if np.any(~np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
+        raise UserError(f"{name}: accuracies must be finite numbers in [0, 1]")
+    return arr
+
+
+def transform(acc: np.ndarray | float, kind: Transform = "logit", eps: float = EPS) -> np.ndarray:
+    """Accuracy -> axis scale. Logit and probit clip to [eps, 1 - eps] first."""
+    a = np.asarray(acc, dtype=np.float64)
+    if kind == "none":
+        return a
+    a = np.clip(a, eps, 1 - eps)
+    if kind == "logit":
+        return np.log(a / (1 - a))
+    if kind == "probit":
+        return stats.norm.ppf(a)
+    raise UserError(f"unknown accuracy transform {kind!r} (logit, probit, none)")
+
+
+def inverse_transform(t: np.ndarray | float, kind: Transform = "logit") -> np.ndarray:
+    t = np.asarray(t, dtype=np.float64)
+    if kind == "none":
+        return t
+    if kind == "logit":
+        return 1.0 / (1.0 + np.exp(-t))
+    if kind == "probit":
+        return stats.norm.cdf(t)
+    raise UserError(f"unknown accuracy transform {kind!r} (logit, probit, none)")
+
+
+def clopper_pearson(correct: np.ndarray | int, n: np.ndarray | int,
+                    confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact binomial (Clopper-Pearson) interval for ``correct`` successes out of ``n``."""
+    k = np.asarray(correct, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
+        raise UserError("clopper_pearson: need 0 <= correct <= n and n > 0")
+    alpha = 1 - confidence
+    lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+    hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return lo, hi
+
+
+@dataclass
+class LinearFit:
+    """``T(ood) = slope * T(id) + intercept`` on the transformed axes."""
+
+    slope: float
+    intercept: float
+    rvalue: float
+    transform: Transform
+
+    def predict(self, id_acc: np.ndarray | float) -> np.ndarray:
+        """Predicted OOD accuracy (back on the accuracy scale)."""
+        return inverse_transform(self.slope * transform(id_acc, self.transform) + self.intercept,
+                                 self.transform)
+
+
+def fit_line(id_acc: Sequence[float], ood_acc: Sequence[float],
+             kind: Transform = "logit") -> LinearFit:
+    x, y = _as_array(id_acc, "id accuracy"), _as_array(ood_acc, "ood accuracy")
+    if len(x) != len(y):
+        raise UserError(f"mismatched lengths: {len(x)} ID accuracies vs {len(y)} OOD accuracies")
+    if len(x) < 2:
+        raise UserError(f"the baseline fit needs at least 2 baseline points, got {len(x)}")
+    tx = transform(x, kind)
+    if np.ptp(tx) == 0:
+        raise UserError("the baseline points all have the same ID accuracy; a line cannot be fitted")
+    res = stats.linregress(tx, transform(y, kind))
+    return LinearFit(float(res.slope), float(res.intercept), float(res.rvalue), kind)
+
+
+@dataclass
+class EffectiveRobustness:
+    fit: LinearFit
+    predicted: np.ndarray  # line's OOD prediction at each model's ID accuracy
+    er: np.ndarray  # observed OOD minus predicted
+    id_ci: tuple[np.ndarray, np.ndarray] | None
+    ood_ci: tuple[np.ndarray, np.ndarray] | None
+    band_x: np.ndarray  # ID accuracies at which the band is evaluated
+    band_lo: np.ndarray
+    band_hi: np.ndarray
+
+
+def effective_robustness(
+    id_acc: Sequence[float],
+    ood_acc: Sequence[float],
+    baseline: Sequence[bool],
+    *,
+    kind: Transform = "logit",
+    id_counts: tuple[Sequence[int], Sequence[int]] | None = None,
+    ood_counts: tuple[Sequence[int], Sequence[int]] | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    band_points: int = 100,
+) -> EffectiveRobustness:
+    """Effective robustness of every model against the line fitted on the ``baseline`` ones.
+
+    ``id_counts`` / ``ood_counts`` are ``(correct, n)`` per model, for Clopper-Pearson intervals.
+    The bootstrap band resamples the baseline points with replacement ``n_boot`` times (seeded)
+    and takes the central ``confidence`` range of the refitted lines' predictions.
+    """
+    x, y = _as_array(id_acc, "id accuracy"), _as_array(ood_acc, "ood accuracy")
+    base = np.asarray(baseline, dtype=bool)
+    if not (len(x) == len(y) == len(base)):
+        raise UserError(
+            f"mismatched lengths: {len(x)} ID accuracies, {len(y)} OOD accuracies, "
+            f"{len(base)} baseline flags")
+    fit = fit_line(x[base], y[base], kind)
+    predicted = fit.predict(x)
+    id_ci = clopper_pearson(*id_counts, confidence=confidence) if id_counts else None
+    ood_ci = clopper_pearson(*ood_counts, confidence=confidence) if ood_counts else None
+
+    lo_x, hi_x = max(min(x.min(), 1 - 1e-3), 1e-3), min(max(x.max(), 1e-3), 1 - 1e-3)
+    band_x = np.linspace(lo_x, hi_x, band_points)
+    rng = np.random.default_rng(seed)
+    bx, by = x[base], y[base]
+    preds = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(bx), len(bx))
+        tx = transform(bx[idx], kind)
+        if np.ptp(tx) == 0:
+            continue  # a resample with one distinct point has no line
+        res = stats.linregress(tx, transform(by[idx], kind))
+        preds.append(inverse_transform(res.slope * transform(band_x, kind) + res.intercept, kind))
+    if preds:
+        arr = np.stack(preds)
+        q = (1 - confidence) / 2
+        band_lo, band_hi = np.quantile(arr, q, axis=0), np.quantile(arr, 1 - q, axis=0)
+    else:
+        band_lo = band_hi = fit.predict(band_x)
+    return EffectiveRobustness(fit, predicted, y - predicted, id_ci, ood_ci, band_x, band_lo, band_hi)
+
+
+def average_effective_robustness(
+    id_acc: Sequence[float], ood_accs: Mapping[str, Sequence[float]], baseline: Sequence[bool],
+    *, kind: Transform = "logit",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """ER per OOD set (one line per set) and its average over the sets, per model."""
+    if not ood_accs:
+        raise UserError("average_effective_robustness needs at least one OOD test set")
+    per = {name: effective_robustness(id_acc, acc, baseline, kind=kind, n_boot=0).er
+           for name, acc in ood_accs.items()}
+    return np.mean(np.stack(list(per.values())), axis=0), per
+
+
+@dataclass
+class MultiIdFit:
+    """``T(ood) = sum_j coef_j T(id_j) + intercept`` fitted on several ID test sets at once."""
+
+    coef: np.ndarray
+    intercept: float
+    transform: Transform
+
+    def predict(self, id_accs: np.ndarray) -> np.ndarray:
+        t = transform(np.asarray(id_accs, dtype=np.float64), self.transform)
+        return inverse_transform(t @ self.coef + self.intercept, self.transform)
+
+
+def fit_multi_id(id_accs: np.ndarray | Sequence[Sequence[float]], ood_acc: Sequence[float],
+                 *, kind: Transform = "logit") -> MultiIdFit:
+    """Least-squares fit of transformed OOD accuracy on several transformed ID accuracies.
+
+    ``id_accs`` is (models, ID sets). Needs more baseline models than ID sets.
+    """
+    X = np.asarray(id_accs, dtype=np.float64)
+    y = _as_array(ood_acc, "ood accuracy")
+    if X.ndim != 2 or X.shape[0] != len(y):
+        raise UserError(f"mismatched shapes: ID accuracies {X.shape} vs {len(y)} OOD accuracies")
+    if X.shape[0] < X.shape[1] + 1:
+        raise UserError(
+            f"the multi-ID fit needs more baseline points ({X.shape[0]}) than ID sets ({X.shape[1]})")
+    _as_array(X.ravel(), "id accuracy")
+    A = np.column_stack([transform(X, kind), np.ones(len(y))])
+    sol, *_ = np.linalg.lstsq(A, transform(y, kind), rcond=None)
+    return MultiIdFit(sol[:-1], float(sol[-1]), kind)
