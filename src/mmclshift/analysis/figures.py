@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mmclshift.analysis.robustness import effective_robustness, transform  # noqa: E402
+from mmclshift.errors import UserError  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False}
@@ -105,7 +106,10 @@ def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
     if pts.empty or (pts["method"] == baseline).sum() < 2:
         return []
     base = (pts["method"] == baseline).to_numpy()
-    er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"], base, n_boot=500)
+    try:
+        er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"], base, n_boot=500)
+    except UserError:  # e.g. every baseline run has the same ID accuracy: no line to draw
+        return []
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(4.6, 3.8))
         tx = lambda v: transform(v, "logit")  # noqa: E731

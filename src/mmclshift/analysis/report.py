@@ -21,6 +21,7 @@ import yaml
 from mmclshift.analysis.collect import Collected, collect, group_over_seeds
 from mmclshift.analysis.figures import all_figures, er_points
 from mmclshift.analysis.robustness import effective_robustness
+from mmclshift.errors import UserError
 from mmclshift.runs import ENV_FILE, atomic_write_text
 
 #: flag a measured accuracy this many binomial standard errors (of its test set) from the theory
@@ -101,8 +102,11 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
         pts = er_points(table, id_split, ood_split)
         if pts.empty or (pts["method"] == "sl").sum() < 2:
             continue
-        er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"],
-                                  (pts["method"] == "sl").to_numpy(), n_boot=0)
+        try:
+            er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"],
+                                      (pts["method"] == "sl").to_numpy(), n_boot=0)
+        except UserError:  # degenerate baseline (e.g. equal ID accuracies): no line
+            continue
         for (_, p), pred, e in zip(pts.iterrows(), er.predicted, er.er, strict=True):
             rows.append({"kind": kind, "id": id_split, "ood": ood_split, "run": Path(p["run"]).name,
                          "method": p["method"], "id_acc": p["accuracy_id"],
