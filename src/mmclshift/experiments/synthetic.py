@@ -154,51 +154,84 @@ def describe_cross_covariance(cfg: SyntheticExperiment) -> tuple[list[str], np.n
 # --------------------------------------------------------------------------- training
 
 
-def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
-                   theory: bool = True) -> list[dict[str, Any]]:
-    """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
+@dataclass
+class PreparedJob:
+    """A job's data model, sampler, training draw and initialisation generator."""
+
+    cfg: SyntheticExperiment
+    model: SyntheticDataModel
+    sampler: Sampler
+    train: Any  # PairBatch
+    init_gen: torch.Generator
+
+
+def prepare_job(cfg: SyntheticExperiment, *, train_cache: dict | None = None) -> PreparedJob:
+    """Build the sampler and draw the training set exactly as :func:`run_experiment` does.
+
+    ``train_cache`` (optional) shares draws between jobs whose data settings and data seed agree.
+    """
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {cfg.device} requested but CUDA is not available")
-    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=str(device))
-    with run.guard():
-        model = data_model(cfg)
-        sampler = Sampler(model, device=device, dtype=_dtype(cfg))
-        data_seed = cfg.effective_data_seed
-        train = sampler.sample("train", cfg.n_train, torch.Generator().manual_seed(_split_seed(data_seed, "train")))
-        init_gen = torch.Generator().manual_seed(cfg.effective_init_seed)
+    model = data_model(cfg)
+    sampler = Sampler(model, device=device, dtype=_dtype(cfg))
+    data_seed = cfg.effective_data_seed
+    key = (cfg.kind, repr(cfg.data), cfg.n_train, data_seed, cfg.device, cfg.dtype)
+    if train_cache is not None and key in train_cache:
+        train = train_cache[key]
+    else:
+        train = sampler.sample("train", cfg.n_train,
+                               torch.Generator().manual_seed(_split_seed(data_seed, "train")))
+        if train_cache is not None:
+            train_cache[key] = train
+    return PreparedJob(cfg, model, sampler, train, torch.Generator().manual_seed(cfg.effective_init_seed))
 
-        mmcl = train_mmcl(train.x_image, train.x_text, cfg.mmcl, init_gen, progress=progress,
-                          log=run.log_metrics)
-        run.save_checkpoint({"state_dict": mmcl.state_dict()}, "mmcl.pt")
-        sl = train_sl(train.x_image, train.labels, model.num_classes, cfg.sl, init_gen,
-                      progress=progress, log=run.log_metrics)
-        run.save_checkpoint({"state_dict": sl.state_dict()}, "sl.pt")
 
-        rules = {
-            "mmcl": zero_shot_rule(mmcl, sampler.prompt_inputs(),
-                                   normalize_text=cfg.mmcl.loss == "infonce" and cfg.mmcl.normalize),
-            "sl": classifier_rule(sl),
-        }
-        preds = theory_predictions(cfg) if theory else {}
-        records = []
-        for split in cfg.splits:
-            test = sampler.sample(split, cfg.n_test, torch.Generator().manual_seed(_split_seed(data_seed, split)))
-            for method in METHODS:
-                rule = rules[method]
-                acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
-                rec = {
-                    "event": "eval", "method": method, "split": split, "accuracy": acc,
-                    "n": n, "correct": correct, "step": None,
-                    "theory": preds.get((method, split)),
-                    "population": population_accuracy(rule, sampler.mixture(split), sampler.D_image,
-                                                      image_noise_var(model)),
-                }
-                run.log_metrics(rec)
-                records.append(rec)
-        run.mark_done({"records": len(records)})
+def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
+                 preds: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
+    """Evaluate trained models on every split, log eval records, save checkpoints, mark done."""
+    cfg, sampler = job.cfg, job.sampler
+    run.save_checkpoint({"state_dict": mmcl.state_dict()}, "mmcl.pt")
+    run.save_checkpoint({"state_dict": sl.state_dict()}, "sl.pt")
+    rules = {
+        "mmcl": zero_shot_rule(mmcl, sampler.prompt_inputs(),
+                               normalize_text=cfg.mmcl.loss == "infonce" and cfg.mmcl.normalize),
+        "sl": classifier_rule(sl),
+    }
+    records = []
+    data_seed = cfg.effective_data_seed
+    for split in cfg.splits:
+        test = sampler.sample(split, cfg.n_test, torch.Generator().manual_seed(_split_seed(data_seed, split)))
+        for method in METHODS:
+            rule = rules[method]
+            acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
+            rec = {
+                "event": "eval", "method": method, "split": split, "accuracy": acc,
+                "n": n, "correct": correct, "step": None,
+                "theory": preds.get((method, split)),
+                "population": population_accuracy(rule, sampler.mixture(split), sampler.D_image,
+                                                  image_noise_var(job.model)),
+            }
+            run.log_metrics(rec)
+            records.append(rec)
+    run.mark_done({"records": len(records)})
     return records
 
 
+def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
+                   theory: bool = True) -> list[dict[str, Any]]:
+    """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
+    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
+    with run.guard():
+        job = prepare_job(cfg)
+        mmcl = train_mmcl(job.train.x_image, job.train.x_text, cfg.mmcl, job.init_gen,
+                          progress=progress, log=run.log_metrics)
+        sl = train_sl(job.train.x_image, job.train.labels, job.model.num_classes, cfg.sl,
+                      job.init_gen, progress=progress, log=run.log_metrics)
+        preds = theory_predictions(cfg) if theory else {}
+        return evaluate_job(job, run, mmcl, sl, preds)
+
+
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
-           "predict", "run_experiment", "theory_predictions"]
+           "PreparedJob", "evaluate_job", "predict", "prepare_job", "run_experiment",
+           "theory_predictions"]

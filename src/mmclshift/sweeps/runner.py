@@ -1,0 +1,262 @@
+"""Running sweeps: job directories named by config hash, resume, status, launchers.
+
+Each job runs in ``<out>/<kind>-<config hash>``; a job whose directory has a ``done`` marker is
+skipped, so rerunning a sweep trains only what is missing. A failing job leaves its traceback in
+``error.txt`` and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so
+:func:`status` can tell done / failed / running / missing.
+
+Launchers (:data:`LAUNCHERS`): ``local`` (in this process; synthetic jobs that can be batched go
+through :mod:`mmclshift.train.batched`), ``processes`` (a process pool), ``ray`` (Ray tasks on an
+existing cluster or a local one) and ``slurm`` (submitit; ``executor="local"`` runs the same path
+on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmclshift.config import build_config, to_dict
+from mmclshift.errors import UserError
+from mmclshift.runs import DONE_FILE, ERROR_FILE, RunDir, atomic_write_text, is_done
+from mmclshift.sweeps.spec import Job
+
+PLAN_FILE = "sweep.json"
+MAX_BATCH = 512  # jobs per batched tensor program (bounds memory)
+
+
+@dataclass
+class SweepResult:
+    planned: int
+    skipped: int
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.planned} jobs: {self.skipped} already done, {len(self.done)} trained, "
+                f"{len(self.failed)} failed")
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def run_job(config: dict[str, Any], out_dir: str) -> str:
+    """Run one job from plain config data; returns "done" or "failed" (never raises)."""
+    from mmclshift import experiments
+
+    try:
+        cfg = build_config(config, experiments.CONFIG_KINDS)
+        experiments.run(cfg, out_dir, progress=False)
+        return "done"
+    except Exception as exc:  # noqa: BLE001 - a failed job must not stop the sweep
+        path = Path(out_dir)
+        if not (path / ERROR_FILE).is_file():
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path / ERROR_FILE, "".join(traceback.format_exception(exc)))
+        return "failed"
+
+
+# --------------------------------------------------------------------------- batched local
+
+
+def _theory_key(cfg: Any) -> str:
+    d = to_dict(cfg)
+    return json.dumps([d["kind"], d["data"], d["mmcl"]["embed_dim"], d["mmcl"]["rho"], d["mmcl"]["loss"],
+                       d["sl"]["solver"], d["sl"]["weight_decay"], d["splits"]], sort_keys=True)
+
+
+def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
+                progress: bool = False) -> dict[str, str]:
+    """Train batchable synthetic jobs as batched tensor programs; returns {name: status}."""
+    from mmclshift.experiments.synthetic import evaluate_job, prepare_job, theory_predictions
+    from mmclshift.models.linear import LinearEncoders
+    from mmclshift.train import batched as B
+
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        c = job.config
+        groups.setdefault((*B.batch_key(c), c.sl.bias), []).append(job)
+    status: dict[str, str] = {}
+    theory_cache: dict[str, dict] = {}
+    train_cache: dict = {}
+    bar = tqdm(total=len(jobs), desc="batched jobs", disable=not progress, unit="job")
+    for group in groups.values():
+        for start in range(0, len(group), MAX_BATCH):
+            chunk = group[start:start + MAX_BATCH]
+            try:
+                prepared = [prepare_job(j.config, train_cache=train_cache) for j in chunk]
+                runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
+                        for j in chunk]
+                cfg0 = chunk[0].config
+                inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
+                                        p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
+                                        generator=p.init_gen, dtype=p.train.x_image.dtype)
+                         for p in prepared]
+                stats = B.MMCLBatch(
+                    torch.stack([p.train.x_image.T @ p.train.x_text for p in prepared]),
+                    torch.stack([p.train.x_image.sum(0) for p in prepared]),
+                    torch.stack([p.train.x_text.sum(0) for p in prepared]),
+                    cfg0.n_train)
+                dev = prepared[0].train.x_image.device
+                stats = B.MMCLBatch(stats.cross.to(dev), stats.sum_img.to(dev), stats.sum_txt.to(dev), stats.n)
+                rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=stats.cross.dtype, device=dev)
+                W_img, W_txt = B.train_mmcl_batched(
+                    stats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
+                    torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
+                    cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
+                K = prepared[0].model.num_classes
+                wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
+                W, b = B.train_sl_batched(torch.stack([p.train.x_image for p in prepared]),
+                                          torch.stack([p.train.labels for p in prepared]), K, wd,
+                                          bias=cfg0.sl.bias)
+            except Exception:  # noqa: BLE001 - fall back to one job at a time
+                for j in chunk:
+                    status[j.name] = run_job(to_dict(j.config), str(out / j.name))
+                    bar.update(1)
+                continue
+            for i, (job, prep, run) in enumerate(zip(chunk, prepared, runs, strict=True)):
+                try:
+                    with run.guard():
+                        preds = {}
+                        if theory:
+                            key = _theory_key(job.config)
+                            if key not in theory_cache:
+                                theory_cache[key] = theory_predictions(job.config)
+                            preds = theory_cache[key]
+                        run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
+                        evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
+                                     B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
+                    status[job.name] = "done"
+                except Exception:  # noqa: BLE001
+                    status[job.name] = "failed"
+                bar.update(1)
+    bar.close()
+    return status
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progress: bool = True,
+                 **_: Any) -> dict[str, str]:
+    from mmclshift.experiments.synthetic import CONFIG_KINDS as SYNTHETIC
+    from mmclshift.train.batched import batchable
+
+    status: dict[str, str] = {}
+    batch = [j for j in jobs if batched and j.config.kind in SYNTHETIC and batchable(j.config)]
+    single = [j for j in jobs if j not in batch]
+    if batch:
+        status.update(run_batched(batch, out, progress=progress))
+    for job in tqdm(single, desc="jobs", disable=not progress or not single, unit="job"):
+        status[job.name] = run_job(to_dict(job.config), str(out / job.name))
+    return status
+
+
+def launch_processes(jobs: Sequence[Job], out: Path, *, workers: int = 2, **_: Any) -> dict[str, str]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {j.name: pool.submit(run_job, to_dict(j.config), str(out / j.name)) for j in jobs}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def launch_ray(jobs: Sequence[Job], out: Path, *, workers: int = 2, address: str | None = None,
+               **_: Any) -> dict[str, str]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray launcher needs Ray: pip install 'mmclshift[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs.update(num_cpus=workers, _node_ip_address="127.0.0.1")
+        ray.init(**kwargs)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(run_job)
+        refs = {j.name: remote.remote(to_dict(j.config), str(out.resolve() / j.name)) for j in jobs}
+        return {name: ray.get(ref) for name, ref in refs.items()}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def launch_slurm(jobs: Sequence[Job], out: Path, *, executor: str = "slurm", partition: str | None = None,
+                 time_min: int = 60, gpus: int = 0, cpus: int = 2, **_: Any) -> dict[str, str]:
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("the slurm launcher needs submitit: pip install 'mmclshift[slurm]'") from None
+    ex = submitit.AutoExecutor(folder=str(out / ".submitit"), cluster=None if executor == "slurm" else executor)
+    params: dict[str, Any] = {"timeout_min": time_min, "cpus_per_task": cpus}
+    if executor == "slurm":
+        params.update(slurm_partition=partition, gpus_per_node=gpus)
+        params = {k: v for k, v in params.items() if v is not None}
+    ex.update_parameters(**params)
+    handles = ex.map_array(run_job, [to_dict(j.config) for j in jobs], [str(out.resolve() / j.name) for j in jobs])
+    return {j.name: h.result() for j, h in zip(jobs, handles, strict=True)}
+
+
+LAUNCHERS: dict[str, Callable[..., dict[str, str]]] = {
+    "local": launch_local,
+    "processes": launch_processes,
+    "ray": launch_ray,
+    "slurm": launch_slurm,
+}
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "local",
+              max_jobs: int | None = None, **options: Any) -> SweepResult:
+    """Run the jobs not yet done (at most ``max_jobs`` of them) with a launcher."""
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launcher!r} (one of {', '.join(LAUNCHERS)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"jobs": [j.name for j in jobs], "configs": {j.name: to_dict(j.config) for j in jobs}}
+    atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    todo = [j for j in jobs if not is_done(out / j.name)]
+    skipped = len(jobs) - len(todo)
+    if max_jobs is not None:
+        todo = todo[:max_jobs]
+    for j in todo:  # a rerun clears a previous failure's marker
+        with contextlib.suppress(FileNotFoundError):
+            (out / j.name / ERROR_FILE).unlink()
+    status = LAUNCHERS[launcher](todo, out, **options) if todo else {}
+    return SweepResult(len(jobs), skipped, sorted(n for n, s in status.items() if s == "done"),
+                       sorted(n for n, s in status.items() if s != "done"))
+
+
+def status(out_dir: str | Path) -> dict[str, str]:
+    """{job name: done | failed | running | missing} for the sweep planned in ``out_dir``."""
+    out = Path(out_dir)
+    plan_file = out / PLAN_FILE
+    if not plan_file.is_file():
+        raise UserError(f"{out}: no {PLAN_FILE} (not a sweep directory)")
+    names = json.loads(plan_file.read_text())["jobs"]
+    result = {}
+    for name in names:
+        d = out / name
+        if (d / DONE_FILE).is_file():
+            result[name] = "done"
+        elif (d / ERROR_FILE).is_file():
+            result[name] = "failed"
+        elif d.is_dir():
+            result[name] = "running"
+        else:
+            result[name] = "missing"
+    return result
