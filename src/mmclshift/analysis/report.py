@@ -96,8 +96,14 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
     rows = []
     splits = set(table["split"])
     pairs = [("id", s) for s in ("ood", "ood_reversed") if s in splits and "id" in splits]
-    pairs += [("imagenet", s) for s in sorted(splits) if s.startswith(("imagenet-", "objectnet"))
-              and "imagenet" in splits]
+    # ImageNet-R and -A are scored with 200-class heads: their ID axis is ImageNet val restricted to
+    # the same 200 classes (id_r200 / id_a200) when the run evaluated it
+    own_id = {"imagenet-r": "id_r200", "imagenet-a": "id_a200"}
+    for s in sorted(splits):
+        if s.startswith(("imagenet-", "objectnet")):
+            id_split = own_id.get(s) if own_id.get(s) in splits else "imagenet"
+            if id_split in splits:
+                pairs.append((id_split, s))
     for id_split, ood_split in pairs:
         pts = er_points(table, id_split, ood_split)
         if pts.empty or (pts["method"] == "sl").sum() < 2:
