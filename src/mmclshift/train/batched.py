@@ -9,8 +9,8 @@ the regularised logistic / softmax loss, are trained together:
   through ``X_I^T X_T``, ``sum_i x_I,i`` and ``sum_i x_T,i``, so each step costs O(J p d^2)
   instead of O(J n p d) (same loss, up to float rounding).
 * **SL**: the regularised logistic (binary) or softmax (K > 2) objective is strictly convex in the
-  weights, so its minimiser is unique; batched Newton iterations (``torch.linalg.solve`` on the
-  stacked Hessians, float64) reach it to machine precision. The one-job trainer reaches the same
+  weights, so its minimiser is unique; batched Newton iterations (solves on the
+  stacked Hessians by Cholesky, float64) reach it to machine precision. The one-job trainer reaches the same
   minimiser by L-BFGS.
 
 Data and initial weights are drawn exactly as :func:`mmclshift.experiments.synthetic.run_experiment`
@@ -117,11 +117,21 @@ def train_sl_batched(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
             p = torch.softmax(logits, -1)
             resid = p - Y
             # H[(k,a),(l,b)] = 1/n sum_i x_ia x_ib p_ik (delta_kl - p_il)
-            P = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]  # (J, n, K, K)
-            H = torch.einsum("jia,jikl,jib->jkalb", X, P, X).reshape(J, K * q, K * q) / n
+            H = X.new_zeros(J, K, q, K, q)
+            Xt = X.transpose(1, 2)
+            for k in range(K):
+                for m in range(k, K):
+                    w = p[..., k] * ((1.0 if k == m else 0.0) - p[..., m])  # (J, n)
+                    block = (Xt * w[:, None, :]) @ X / n
+                    H[:, k, :, m, :] = block
+                    H[:, m, :, k, :] = block.transpose(1, 2)
+            H = H.reshape(J, K * q, K * q)
         grad = (resid.transpose(1, 2) @ X / n).reshape(J, K * q) + lam * (Th * pen).reshape(J, K * q)
         H = H + torch.diag_embed(lam * pen.repeat(K) + damp)
-        step = torch.linalg.solve(H, grad.unsqueeze(-1)).squeeze(-1)
+        # H is symmetric positive definite (convex loss + ridge + damping): Cholesky solve.
+        # (Batched LU, torch.linalg.solve, hangs in MKL's DLASWP with torch.set_num_threads(2)
+        # on torch 2.14 CPU builds.)
+        step = torch.cholesky_solve(grad.unsqueeze(-1), torch.linalg.cholesky(H)).squeeze(-1)
         theta = theta - step
         if float(step.abs().max()) < tol:
             break
