@@ -100,13 +100,10 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
                                         p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
                                         generator=p.init_gen, dtype=p.train.x_image.dtype)
                          for p in prepared]
-                stats = B.MMCLBatch(
-                    torch.stack([p.train.x_image.T @ p.train.x_text for p in prepared]),
-                    torch.stack([p.train.x_image.sum(0) for p in prepared]),
-                    torch.stack([p.train.x_text.sum(0) for p in prepared]),
-                    cfg0.n_train)
-                dev = prepared[0].train.x_image.device
-                stats = B.MMCLBatch(stats.cross.to(dev), stats.sum_img.to(dev), stats.sum_txt.to(dev), stats.n)
+                x_img = torch.stack([p.train.x_image for p in prepared])
+                x_txt = torch.stack([p.train.x_text for p in prepared])
+                dev = x_img.device
+                stats = B.mmcl_statistics(x_img, x_txt)
                 rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=stats.cross.dtype, device=dev)
                 W_img, W_txt = B.train_mmcl_batched(
                     stats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
@@ -114,8 +111,7 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
                     cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
                 K = prepared[0].model.num_classes
                 wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
-                W, b = B.train_sl_batched(torch.stack([p.train.x_image for p in prepared]),
-                                          torch.stack([p.train.labels for p in prepared]), K, wd,
+                W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
                                           bias=cfg0.sl.bias)
             except Exception:  # noqa: BLE001 - fall back to one job at a time
                 for j in chunk:
