@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +144,7 @@ def _identity(x: Any) -> Any:
 
 
 def ordered_map(fn: Callable[[Any], Any], tasks: Iterable[Any], *, workers: int = 0,
-                prefetch: int = 2, pin_memory: bool = False) -> Iterator[Any]:
+                prefetch: int = 2, pin_memory: bool = False) -> Generator[Any, None, None]:
     """``fn(task)`` for each task, in order; with ``workers > 0`` computed in DataLoader workers
     (``prefetch`` tasks ahead per worker; results pinned with ``pin_memory``)."""
     if workers < 0 or prefetch < 1:
@@ -224,7 +224,7 @@ def _batch(parts: list[tuple[_Chunk, int, int]]) -> Batch:
 def iter_batches(stream: PairStream, batch_size: int, epoch: int, start: int = 0, *,
                  workers: int = 0, prefetch: int = 2, pin_memory: bool = False,
                  tokenizer: Tokenizer | None = None, chunk_size: int | None = None
-                 ) -> Iterator[Batch]:
+                 ) -> Generator[Batch, None, None]:
     """Full batches of ``stream``'s ``epoch`` from stream position ``start`` on.
 
     The same batches and the same ``stream.skips`` at every batch boundary for any ``workers``
@@ -274,7 +274,7 @@ class _DecodeImages:
 
 def iter_image_batches(samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any],
                        batch_size: int, *, workers: int = 0, prefetch: int = 2,
-                       pin_memory: bool = False) -> Iterator[ImageBatch]:
+                       pin_memory: bool = False) -> Generator[ImageBatch, None, None]:
     """One :class:`ImageBatch` per ``batch_size`` consecutive ``(path, label)`` samples, in order;
     unreadable images are left out and counted (``missing_image``/``corrupt_image``)."""
     slices = (samples[i:i + batch_size] for i in range(0, len(samples), batch_size))
