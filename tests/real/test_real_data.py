@@ -290,14 +290,26 @@ def test_chunked_loader_equals_serial_path_everywhere(fx, rough, fmt, mode, size
     _assert_same(got, ref)
 
 
-def test_tokenised_captions_come_with_the_batch(fx):
+def test_openclip_preprocessing_per_chunk_is_bitwise_per_image(fx):
+    """OpenCLIP's transform with to-tensor + normalise run once per chunk (SplitTransform) gives
+    the serial path's per-image tensors bit for bit; tokenised captions come with the batch."""
+    from mmclshift.data.loader import SplitTransform
     from mmclshift.models.clip_models import create_clip
 
     _, preprocess, tok = create_clip("mmcl-tiny")
+    assert SplitTransform(preprocess).normalize is not None  # the split path is taken
+    ref = _serial_batches(PairStream(make_source("coco", str(fx["coco"])), preprocess, seed=0), 8)
     stream = PairStream(make_source("coco", str(fx["coco"])), preprocess, seed=0)
+    got = []
     for b in iter_batches(stream, 8, 0, workers=1, tokenizer=tok, chunk_size=6):
         assert torch.equal(b.texts(), tok(b.captions))
-        assert b.images().shape == (8, 3, 32, 32)
+        got.append((b.positions, b.captions, b.labels, b.images(), stream.skips.as_dict(),
+                    stream.skips.visits()))
+    _assert_same((got, stream.skips.as_dict(), stream.skips.visits()), ref)
+    paths = [str(p) for p in sorted(fx["eval"].rglob("*.jpg"))]
+    decoded = list(iter_image_batches([(p, 0) for p in paths], preprocess, 5))
+    assert torch.equal(torch.cat([d.images for d in decoded]),
+                       torch.stack([preprocess(load_image(p)) for p in paths]))
 
 
 def test_eval_image_batches_with_workers(fx):

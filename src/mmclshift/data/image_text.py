@@ -499,8 +499,10 @@ class PairStream:
             yield RawPair(pos, item.key, item.image, raw_caption)
         yield from log.drain()
 
-    def process(self, pair: RawPair) -> Sample | Skip:
-        """Caption transform, class label, image decoding and transform of one planned pair."""
+    def process(self, pair: RawPair, transform: Callable[[Any], Any] | None = None
+                ) -> Sample | Skip:
+        """Caption transform, class label, image decoding and transform of one planned pair
+        (``transform`` replaces the stream's image transform)."""
         if has_invalid_utf8(pair.caption):
             return Skip("caption_not_utf8", f"{pair.key}\t{pair.caption}")
         caption = self.caption_fn(pair.caption).strip()
@@ -509,7 +511,7 @@ class PairStream:
         label = self.label_fn(pair.caption)  # the image's class, not the shortened text
         if label is None:
             return Skip("no_label", f"{pair.key}\t{pair.caption}")
-        image, failure = decode_image(pair.image, self.transform)
+        image, failure = decode_image(pair.image, transform or self.transform)
         if failure is not None:
             return Skip(failure, pair.key)
         return Sample(image, caption, label, pair.position)

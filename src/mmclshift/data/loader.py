@@ -27,6 +27,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmclshift.data.image_text import (
@@ -47,6 +48,47 @@ def _stack(images: list[Any]) -> Any:
     if images and all(isinstance(x, torch.Tensor) for x in images):
         return torch.stack(images)
     return list(images)
+
+
+class SplitTransform:
+    """An image transform run as a per-image part and a per-chunk part, with the same result.
+
+    A torchvision ``Compose`` that ends in ``ToTensor`` (or OpenCLIP's ``MaybeToTensor``) and
+    ``Normalize`` steps (OpenCLIP's preprocessing) is split there: the PIL steps (resize, crop,
+    mode) run per image, and to-tensor + normalise run once on the chunk's stacked uint8 images.
+    Both are elementwise (``x / 255``, then ``(x - mean) / std`` in float32), so the result is
+    bitwise the per-image transform's. Any other transform runs per image unchanged.
+    """
+
+    def __init__(self, transform: Callable[[Any], Any]) -> None:
+        from torchvision import transforms as T
+
+        self.transform = transform
+        self.per_image: Callable[[Any], Any] = transform
+        self.normalize: list[Any] | None = None
+        steps = transform.transforms if isinstance(transform, T.Compose) else []
+        at = [i for i, t in enumerate(steps) if isinstance(t, T.ToTensor)]
+        if len(at) == 1 and all(isinstance(t, T.Normalize) for t in steps[at[0] + 1:]):
+            self.per_image = T.Compose(steps[:at[0]])
+            self.normalize = steps[at[0] + 1:]
+            self._tensor_part = T.Compose(steps[at[0]:])
+
+    def stack(self, images: list[Any]) -> Any:
+        """The per-chunk part on the per-image outputs: a (n, C, H, W) tensor (or a list)."""
+        if self.normalize is None:
+            return _stack(images)
+        from PIL import Image
+
+        first = images[0] if images else None
+        if not (isinstance(first, Image.Image) and all(
+                isinstance(im, Image.Image) and im.mode == "RGB" and im.size == first.size
+                for im in images)):
+            return _stack([self._tensor_part(im) for im in images])
+        x = torch.from_numpy(np.stack([np.asarray(im) for im in images]))
+        x = x.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        for step in self.normalize:
+            x = step(x)
+        return x
 
 
 def _pin(x: Any) -> Any:
@@ -112,12 +154,14 @@ class _DecodeChunk:
     def __init__(self, stream: PairStream, tokenizer: Tokenizer | None) -> None:
         self.stream = stream
         self.tokenizer = tokenizer
+        self.split = SplitTransform(stream.transform)
 
     def __call__(self, events: list[RawPair | Skip]) -> _Chunk:
         outcomes: list[Skip | int] = []
         samples: list[Sample] = []
         for event in events:
-            out = self.stream.process(event) if isinstance(event, RawPair) else event
+            out = self.stream.process(event, self.split.per_image) \
+                if isinstance(event, RawPair) else event
             if isinstance(out, Skip):
                 outcomes.append(out)
             else:
@@ -125,7 +169,7 @@ class _DecodeChunk:
                 samples.append(out)
         captions = [s.caption for s in samples]
         texts = self.tokenizer(captions) if self.tokenizer is not None and captions else None
-        return _Chunk(outcomes, _stack([s.image for s in samples]), captions,
+        return _Chunk(outcomes, self.split.stack([s.image for s in samples]), captions,
                       [s.label for s in samples], [s.position for s in samples], texts)
 
 
@@ -258,18 +302,18 @@ class ImageBatch:
 
 class _DecodeImages:
     def __init__(self, transform: Callable[[Any], Any]) -> None:
-        self.transform = transform
+        self.split = SplitTransform(transform)
 
     def __call__(self, samples: Sequence[tuple[str, int]]) -> ImageBatch:
         images, labels, skipped = [], [], Counter()
         for path, label in samples:
-            image, failure = decode_image(path, self.transform)
+            image, failure = decode_image(path, self.split.per_image)
             if failure is not None:
                 skipped[failure] += 1
                 continue
             images.append(image)
             labels.append(label)
-        return ImageBatch(_stack(images) if images else None, labels, skipped)
+        return ImageBatch(self.split.stack(images) if images else None, labels, skipped)
 
 
 def iter_image_batches(samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any],
