@@ -22,10 +22,13 @@ alone); "loader-bound" means the loop with workers is clearly slower than the mo
 
 The last line is ``ratio: <median ours w=2 / median ours w=0>`` (the parallel loader over the
 serial path; higher is better). All rates are min and median over the repeats. One torch thread in
-the main process (DataLoader workers use one each).
+the main process (DataLoader workers use one each). "CPU cores used" is the CPU time of the
+process and its workers over the wall time: workers can only speed a pass up when the machine
+gives the benchmark more than one core (on a shared machine with the kernel's autogroup
+scheduling, every session shares the cores equally, however many processes it runs).
 
     PYTHONPATH=src python benchmarks/loader.py [--per-photo 334] [--size 48] [--batch 64]
-        [--repeats 3] [--train-steps 30]
+        [--repeats 3] [--train-steps 20]
 """
 
 from __future__ import annotations
@@ -46,13 +49,19 @@ def rates(xs: list[float]) -> str:
     return f"min {min(xs):8.1f}  median {statistics.median(xs):8.1f}"
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the DataLoader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-photo", type=int, default=334)
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=30)
+    ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--workers", default="0,1,2")
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
@@ -97,29 +106,48 @@ def main() -> None:
                 path, caption = pairs[i]
                 return preprocess(default_loader(path)), tok([caption])[0]
 
-        def run_ours(w: int) -> tuple[float, torch.Tensor]:
-            t = time.perf_counter()
-            out = [b.images() for b in iter_batches(stream(), args.batch, 0, workers=w,
-                                                    tokenizer=tok)]
+        cores: dict[str, list[float]] = {}
+
+        def timed(name: str, batches: Any, limit: int | None) -> tuple[float, torch.Tensor]:
+            t, c = time.perf_counter(), cpu_seconds()
+            out = []
+            for images in batches:
+                out.append(images)
+                if limit is not None and len(out) == limit:
+                    break
+            batches.close()  # stops and reaps the workers
             dt = time.perf_counter() - t
+            if limit is None:
+                cores.setdefault(name, []).append((cpu_seconds() - c) / dt)
             images = torch.cat(out)
             return len(images) / dt, images
 
-        def run_tv(w: int) -> tuple[float, torch.Tensor]:
-            t = time.perf_counter()
+        def run_ours(w: int, limit: int | None = None) -> tuple[float, torch.Tensor]:
+            batches = (b.images() for b in iter_batches(stream(), args.batch, 0, workers=w,
+                                                        tokenizer=tok))
+            return timed(f"ours w={w}", batches, limit)
+
+        def run_tv(w: int, limit: int | None = None) -> tuple[float, torch.Tensor]:
             loader = torch.utils.data.DataLoader(Plain(), batch_size=args.batch, shuffle=False,
                                                  drop_last=True, num_workers=w)
-            out = [images for images, _ in loader]
-            dt = time.perf_counter() - t
-            images = torch.cat(out)
-            return len(images) / dt, images
+            it = iter(loader)
+
+            def images() -> Any:
+                try:
+                    for x, _ in it:
+                        yield x
+                finally:
+                    if hasattr(it, "_shutdown_workers"):
+                        it._shutdown_workers()
+
+            return timed(f"tv   w={w}", images(), limit)
 
         arms = [(f"ours w={w}", run_ours, w) for w in workers] + \
                [(f"tv   w={w}", run_tv, w) for w in workers]
         got: dict[str, list[float]] = {name: [] for name, _, _ in arms}
         reference = run_ours(0)[1]  # warm-up of the serial path, and the images to compare with
         for _, fn, w in arms:
-            fn(w)  # warm-up (page cache, worker start-up code paths)
+            fn(w, 4)  # warm-up: 4 batches (worker start-up code paths)
         differing: dict[str, int] = {}
         for _ in range(args.repeats):
             for name, fn, w in arms:
@@ -136,7 +164,8 @@ def main() -> None:
               f"load {os.getloadavg()[0]:.2f} (1-min) at the end of the loader arms")
         print("loader samples/s:")
         for name, _, _ in arms:
-            print(f"  {name}: {rates(got[name])}   differing samples vs ours w=0: "
+            print(f"  {name}: {rates(got[name])}   CPU cores used (median) "
+                  f"{statistics.median(cores[name]):.2f}   differing samples vs ours w=0: "
                   f"{differing[name]}")
         med = {name: statistics.median(v) for name, v in got.items()}
         for w in workers:
