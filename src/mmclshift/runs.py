@@ -490,13 +490,18 @@ def _drop_partial_last_line(file: Path) -> None:
 # --------------------------------------------------------------------------- liveness
 
 
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of process ``pid`` (tells a reused pid apart), if readable."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), if readable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (tells a reused pid apart), if readable."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
 
 
 def _process_marker() -> dict[str, Any]:
@@ -530,8 +535,13 @@ def run_state(path: str | Path) -> str:
         return "killed"
     except PermissionError:
         return "running"
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc: the pid exists, trust it
+        return "running"
     start = marker.get("proc_start")
-    return "running" if start is None or _proc_start(pid) in (None, start) else "killed"
+    if stat[0] in ("Z", "X") or (start is not None and stat[19] != start):
+        return "killed"  # exited (a zombie not yet reaped) or the pid now names another process
+    return "running"
 
 
 def _jsonable(obj: Any) -> Any:
