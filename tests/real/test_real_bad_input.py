@@ -72,11 +72,17 @@ class _Evil:
     pass
 
 
+@pytest.fixture(scope="module")
+def good_checkpoint(fx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("src") / "run"
+    experiments.run(_cfg(fx, steps=2), out, progress=False)
+    return out / "checkpoints" / "clip" / "last.pt"
+
+
 @pytest.mark.parametrize("case", ["truncated", "pickled", "other_model", "not_a_checkpoint"])
-def test_bad_checkpoints_are_one_line(fx, tmp_path, case):
+def test_bad_checkpoints_are_one_line(fx, tmp_path, case, good_checkpoint):
     cfg = _cfg(fx, steps=2)
-    experiments.run(cfg, tmp_path / "src", progress=False)
-    good = tmp_path / "src" / "checkpoints" / "clip" / "last.pt"
+    good = good_checkpoint
     bad = tmp_path / "bad.pt"
     if case == "truncated":
         bad.write_bytes(good.read_bytes()[:1000])
@@ -84,7 +90,7 @@ def test_bad_checkpoints_are_one_line(fx, tmp_path, case):
         torch.save({"model": _Evil()}, bad)
     elif case == "other_model":
         state = torch.load(good, weights_only=True)
-        state["model"] = {k: v[..., :1].clone() for k, v in state["model"].items()}
+        state["model"] = {k: v[..., :1].clone() if v.ndim else v for k, v in state["model"].items()}
         state.pop("identity")
         torch.save(state, bad)
     else:
