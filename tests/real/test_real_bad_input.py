@@ -140,3 +140,14 @@ def test_smoke_keeps_the_users_overrides(tmp_path):
     assert small.train.steps == 40 and small.seed == 3
     assert small.model.name == "mmcl-tiny"  # the smoke settings the user did not override
     assert not (tmp_path / "run").exists()
+
+
+def test_hostile_method_name_built_in_code_writes_nothing(fx, tmp_path):
+    from mmclshift.experiments.real import MethodConfig
+
+    cfg = _cfg(fx)
+    cfg.methods = [MethodConfig("../../../x", "mmcl", "clip")]  # bypasses from_dict's checks
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.name"):
+        run_experiment(cfg, str(tmp_path / "a" / "b" / "run"), progress=False)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -237,6 +237,10 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
     from mmclshift.train.clip import init_distributed, train
 
     # every input is checked before the run directory is touched and before the first step
+    for key, name in [*((f"methods[{i}].name", m.name) for i, m in enumerate(cfg.methods)),
+                      *((f"eval.sets[{i}].name", e.name) for i, e in enumerate(cfg.eval.sets))]:
+        if path_part(name):  # also for configs built without from_dict
+            raise ConfigError(f"config key '{key}': {path_part(name)}; got {name!r}")
     vocab = load_vocab(cfg.data.vocab)
     settings = train_settings(cfg)
     eval_sets = [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
