@@ -15,19 +15,18 @@ from mmclshift.errors import UserError
 from mmclshift.experiments.real import config_from_dict, run_experiment
 from mmclshift.runs import read_metrics
 
+from .test_real_train import _cfg as train_cfg
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIP = [{"name": "clip", "kind": "mmcl", "loss": "clip"}]
 
 
-def _cfg(fx, *, methods=None, steps=4, **train):
-    return config_from_dict({
-        "name": "bad-input", "seed": 0,
-        "data": {"format": "coco", "path": str(fx["coco"]), "vocab": str(fx["vocab"])},
-        "model": {"name": "mmcl-tiny"}, "methods": methods or CLIP,
-        "train": {"steps": steps, "batch_size": 4, "precision": "fp32", "resume": "latest",
-                  "log_every": 1, "lr": 1e-3, "checkpoint_every": 2, **train},
-        "eval": {"sets": [], "templates": "simple"},
-    })
+def _cfg(fx, *, steps=4, **train):
+    """test_real_train's config: one CLIP method, 4 steps of batch 4, a checkpoint every 2."""
+    cfg = train_cfg(fx, "coco", methods=CLIP, steps=steps, batch=4, resume="latest",
+                    checkpoint_every=2, **train)
+    cfg.eval.sets = []
+    return cfg
 
 
 def _train_losses(path):
