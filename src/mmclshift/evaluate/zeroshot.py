@@ -47,6 +47,7 @@ import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -396,6 +397,10 @@ def load_templates(spec: str) -> list[Callable[[str], str]]:
     return [lambda c, t=t: t.replace("{}", c) for t in lines]
 
 
+#: Texts per text-tower forward when building a zero-shot head.
+TEXT_BATCH = 1024
+
+
 class TextHeadCache:
     """Zero-shot text heads, built once per (model key, class name, template set) and reused.
 
@@ -410,18 +415,33 @@ class TextHeadCache:
     @torch.no_grad()
     def head(self, model: Any, tokenizer: Callable[[list[str]], torch.Tensor], model_key: str,
              class_names: Sequence[str], templates: str, device: torch.device,
-             batch_classes: int = 64) -> torch.Tensor:
-        """(n_classes, d) normalised text embeddings (mean over templates, renormalised)."""
+             batch_classes: int | None = None) -> torch.Tensor:
+        """(n_classes, d) normalised text embeddings (mean over templates, renormalised).
+
+        Texts are encoded ``TEXT_BATCH`` at a time (whole classes; ``batch_classes`` overrides),
+        and the next chunk is tokenized in a background thread while the current one is encoded
+        (tokenizing, pure Python, is most of the work for a small text tower).
+        """
         fns = load_templates(templates)
+        if batch_classes is None:
+            batch_classes = max(1, TEXT_BATCH // len(fns))
         todo = [c for c in dict.fromkeys(class_names) if (model_key, templates, c) not in self._rows]
-        for i in range(0, len(todo), batch_classes):
-            chunk = todo[i:i + batch_classes]
-            texts = [fn(c) for c in chunk for fn in fns]
-            emb = model.encode_text(tokenizer(texts).to(device))
-            emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), len(fns), -1).mean(1)
-            for c, row in zip(chunk, F.normalize(emb, dim=-1), strict=True):
-                self._rows[(model_key, templates, c)] = row
-            self.built += len(chunk)
+        chunks = [todo[i:i + batch_classes] for i in range(0, len(todo), batch_classes)]
+
+        def tokenize(chunk: list[str]) -> torch.Tensor:
+            return tokenizer([fn(c) for c in chunk for fn in fns])
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(tokenize, chunks[0]) if chunks else None
+            for i, chunk in enumerate(chunks):
+                tokens = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(tokenize, chunks[i + 1])
+                emb = model.encode_text(tokens.to(device))
+                emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), len(fns), -1).mean(1)
+                for c, row in zip(chunk, F.normalize(emb, dim=-1), strict=True):
+                    self._rows[(model_key, templates, c)] = row
+                self.built += len(chunk)
         return torch.stack([self._rows[(model_key, templates, c)] for c in class_names])
 
 
