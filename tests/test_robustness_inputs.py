@@ -180,7 +180,8 @@ def test_cli_records_without_counts_have_no_interval(tmp_path, capsys):
     data = json.loads(out)
     assert all(r["id_ci_lo"] is None and r["id_ci_hi"] is None for r in data["rows"])
     assert all(r["ood_ci_lo"] is not None for r in data["rows"])
-    assert sum("has no correct/n" in n for n in data["notes"]) == len(RUNS)
+    assert [n.split(" (")[0] for n in data["notes"] if "no correct/n" in n] == [
+        f"test set 'id': {len(RUNS)} of {len(RUNS)} records have no correct/n, so no interval"]
 
 
 def test_cli_accuracy_disagreeing_with_counts_names_the_run(runs, capsys):
@@ -188,7 +189,8 @@ def test_cli_accuracy_disagreeing_with_counts_names_the_run(runs, capsys):
     code, _, err = run_cli(capsys, runs)
     assert code == 2
     line = err.strip()
-    assert "\n" not in line and str(runs / "bad") in line and "650/1000" in line
+    assert "\n" not in line and str(runs / "bad") in line and "0.66 disagrees" in line
+    assert "650/1000 = 0.65" in line
 
 
 def test_cli_nan_accuracy_names_the_run(runs, capsys):

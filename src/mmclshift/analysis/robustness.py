@@ -290,8 +290,8 @@ def check_counts(acc: Sequence[float], correct: Sequence[float | None], n: Seque
         if m[i] <= 0 or k[i] < 0 or k[i] > m[i] or k[i] != round(k[i]) or m[i] != round(m[i]):
             raise UserError(f"{labels[i]}: impossible counts correct={k[i]:g}, n={m[i]:g}")
         if abs(a[i] - k[i] / m[i]) > COUNT_TOLERANCE:
-            raise UserError(f"{labels[i]}: accuracy {a[i]!r} disagrees with correct/n = "
-                            f"{int(k[i])}/{int(m[i])} = {k[i] / m[i]!r}")
+            raise UserError(f"{labels[i]}: accuracy {float(a[i])!r} disagrees with correct/n = "
+                            f"{int(k[i])}/{int(m[i])} = {float(k[i] / m[i])!r}")
     return has
 
 

@@ -79,8 +79,10 @@ def _intervals(pts: pd.DataFrame, side: str, split: str, notes: list[str]
         k = pts[f"correct_{side}"].to_numpy(dtype=float)[has]
         n = pts[f"n_{side}"].to_numpy(dtype=float)[has]
         lo[has], hi[has] = clopper_pearson(k, n)
-    for i in np.flatnonzero(~has):
-        notes.append(f"{labels[i]}: the record has no correct/n, so no interval")
+    lacking = [str(r) for r in pts["run"][~has]]
+    if lacking:
+        notes.append(f"test set {split!r}: {len(lacking)} of {len(pts)} records have no "
+                     f"correct/n, so no interval ({', '.join(lacking)})")
     return lo, hi
 
 
