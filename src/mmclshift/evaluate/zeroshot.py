@@ -16,7 +16,7 @@ objectnet      ``images/<objectnet folder>/`` + ``mappings/`` the 113 ObjectNet 
                                                             ImageNet; ``objectnet_head`` picks the rule:
                                                             ``imagenet-max`` (default; imagenet-testbed,
                                                             wise-ft): a class's logit is the max over
-                                                            its 125 ImageNet classes' prompts;
+                                                            its ImageNet classes (125 in all);
                                                             ``objectnet-names`` (CLIP_benchmark): a
                                                             113-way head of ObjectNet's own names
 ============== ============================================ =========================================
@@ -121,8 +121,8 @@ def read_subset(spec: str, wnids: Sequence[str]) -> list[int]:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"subset {spec!r} is not imagenet-r, imagenet-a, objectnet (protocol "
-                        "imagenet only) or an existing file")
+            raise UserError(f"subset {spec!r} is not imagenet-r, imagenet-a, objectnet "
+                            "(protocol imagenet only) or an existing file")
         subset = path.read_text("utf-8").split()
         where = str(path)
     index = {w: i for i, w in enumerate(wnids)}
