@@ -130,7 +130,7 @@ def test_configs_smoke(name, tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     cfg = config_from_dict(yaml.safe_load((root / "configs" / f"{name}.yaml").read_text()))
-    assert cfg.model.name == "RN50" and len(cfg.eval.sets) == 8
+    assert cfg.model.name == "RN50" and len(cfg.eval.sets) == 9
     small = smoke_config(cfg, tmp_path)
     records = run_experiment(small, str(tmp_path / "run"), progress=False)
     assert len(records) == len(cfg.methods) and all(r["n"] == 12 for r in records)

@@ -98,7 +98,7 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
     pairs = [("id", s) for s in ("ood", "ood_reversed") if s in splits and "id" in splits]
     # ImageNet-R and -A are scored with 200-class heads: their ID axis is ImageNet val restricted to
     # the same 200 classes (id_r200 / id_a200) when the run evaluated it
-    own_id = {"imagenet-r": "id_r200", "imagenet-a": "id_a200"}
+    own_id = {"imagenet-r": "id_r200", "imagenet-a": "id_a200", "objectnet": "id_objectnet"}
     for s in sorted(splits):
         if s.startswith(("imagenet-", "objectnet")):
             id_split = own_id.get(s) if own_id.get(s) in splits else "imagenet"

@@ -3,10 +3,13 @@ baseline family's ID-OOD trend predicts.
 
 The recipe follows imagenet-testbed:
 
-1. transform accuracies (logit by default, probit, or none); accuracies of exactly 0 or 1 are
-   clipped to ``[eps, 1 - eps]`` with ``eps = 1e-4`` before a logit or probit;
+1. transform accuracies (logit by default, probit, or none);
 2. fit a line ``T(ood) = slope * T(id) + intercept`` (``scipy.stats.linregress``) on the baseline
-   models only (by default the SL runs);
+   models only (by default the SL runs). A baseline point with an accuracy of exactly 0 or 1 has
+   an infinite logit/probit: by default (``saturated="exclude"``) it is left out of the fit with
+   a :class:`SaturationWarning` naming it (clipped to ``[1e-4, 1 - 1e-4]`` it sits 9.2 logits out
+   and drags the line); ``saturated="clip"`` clips it instead (the old behaviour), also warned.
+   The baseline ID accuracies must span at least :data:`MIN_ID_SPREAD` on the transformed axis;
 3. a model's effective robustness is its observed OOD accuracy minus the line's prediction mapped
    back to accuracy: ``ER = ood - T^{-1}(slope * T(id) + intercept)``;
 4. per point, Clopper-Pearson (exact binomial) intervals from the image counts; for the line, a
@@ -19,6 +22,7 @@ linear model of ``T(ood)`` on several ID test sets at once (least squares).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,15 +33,30 @@ from scipy import stats
 from mmclshift.errors import UserError
 
 Transform = Literal["logit", "probit", "none"]
+Saturated = Literal["exclude", "clip"]
 EPS = 1e-4
+#: Smallest spread (max - min) of the baseline's transformed ID accuracies that a line is fitted
+#: to: below it the slope is float noise (ID accuracies equal up to rounding gave slopes of 4e11).
+MIN_ID_SPREAD = 1e-6
 
 
-def _as_array(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+class SaturationWarning(UserWarning):
+    """An accuracy of exactly 0 or 1 met a logit/probit axis; the message says how it was handled."""
+
+
+def _who(labels: Sequence[str] | None, i: int) -> str:
+    return f"point {i}" if labels is None else str(labels[i])
+
+
+def _as_array(x: Sequence[float] | np.ndarray, name: str,
+              labels: Sequence[str] | None = None) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1:
         raise UserError(f"{name}: expected a 1-D sequence of accuracies")
-    if np.any(~np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
-        raise UserError(f"{name}: accuracies must be finite numbers in [0, 1]")
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr > 1))
+    if len(bad):
+        raise UserError(f"{name}: accuracies must be finite numbers in [0, 1]; "
+                        f"{_who(labels, int(bad[0]))} has {arr[bad[0]]}")
     return arr
 
 
@@ -93,16 +112,43 @@ class LinearFit:
                                  self.transform)
 
 
+def _saturated(x: np.ndarray, y: np.ndarray, kind: Transform) -> np.ndarray:
+    if kind == "none":
+        return np.zeros(len(x), dtype=bool)
+    return (x == 0) | (x == 1) | (y == 0) | (y == 1)
+
+
 def fit_line(id_acc: Sequence[float], ood_acc: Sequence[float],
-             kind: Transform = "logit") -> LinearFit:
-    x, y = _as_array(id_acc, "id accuracy"), _as_array(ood_acc, "ood accuracy")
+             kind: Transform = "logit", *, saturated: Saturated = "exclude",
+             labels: Sequence[str] | None = None) -> LinearFit:
+    """Fit ``T(ood) = slope T(id) + intercept`` through baseline points.
+
+    Points at accuracy 0 or 1 are excluded (or clipped, ``saturated="clip"``) with a
+    :class:`SaturationWarning`; ``labels`` name the points in warnings and errors.
+    """
+    x, y = _as_array(id_acc, "id accuracy", labels), _as_array(ood_acc, "ood accuracy", labels)
     if len(x) != len(y):
         raise UserError(f"mismatched lengths: {len(x)} ID accuracies vs {len(y)} OOD accuracies")
+    if saturated not in ("exclude", "clip"):
+        raise UserError(f"unknown saturated={saturated!r} (exclude, clip)")
+    sat = _saturated(x, y, kind)
+    if sat.any():
+        who = ", ".join(f"{_who(labels, int(i))} (ID {x[i]:g}, OOD {y[i]:g})"
+                        for i in np.flatnonzero(sat))
+        how = ("left out of the fit" if saturated == "exclude"
+               else f"clipped to [{EPS:g}, {1 - EPS:g}] in the fit")
+        warnings.warn(f"baseline accuracy of exactly 0 or 1 has no finite {kind}: {who} {how}",
+                      SaturationWarning, stacklevel=2)
+        if saturated == "exclude":
+            x, y = x[~sat], y[~sat]
     if len(x) < 2:
-        raise UserError(f"the baseline fit needs at least 2 baseline points, got {len(x)}")
+        raise UserError(f"the baseline fit needs at least 2 baseline points, got {len(x)}"
+                        + (" after leaving out accuracies of 0 or 1" if sat.any() else ""))
     tx = transform(x, kind)
-    if np.ptp(tx) == 0:
-        raise UserError("the baseline points all have the same ID accuracy; a line cannot be fitted")
+    spread = float(np.ptp(tx))
+    if spread < MIN_ID_SPREAD:
+        raise UserError(f"the baseline ID accuracies span {spread:.3g} on the {kind} axis "
+                        f"(< {MIN_ID_SPREAD:g}): a line cannot be fitted")
     res = stats.linregress(tx, transform(y, kind))
     return LinearFit(float(res.slope), float(res.intercept), float(res.rvalue), kind)
 
@@ -131,20 +177,30 @@ def effective_robustness(
     confidence: float = 0.95,
     seed: int = 0,
     band_points: int = 100,
+    saturated: Saturated = "exclude",
+    labels: Sequence[str] | None = None,
 ) -> EffectiveRobustness:
     """Effective robustness of every model against the line fitted on the ``baseline`` ones.
 
     ``id_counts`` / ``ood_counts`` are ``(correct, n)`` per model, for Clopper-Pearson intervals.
     The bootstrap band resamples the baseline points with replacement ``n_boot`` times (seeded)
-    and takes the central ``confidence`` range of the refitted lines' predictions.
+    and takes the central ``confidence`` range of the refitted lines' predictions. ``saturated``
+    and ``labels``: see :func:`fit_line`; a model at ID accuracy 0 or 1 gets the line's value at
+    the clipped ID accuracy (warned).
     """
-    x, y = _as_array(id_acc, "id accuracy"), _as_array(ood_acc, "ood accuracy")
+    x, y = _as_array(id_acc, "id accuracy", labels), _as_array(ood_acc, "ood accuracy", labels)
     base = np.asarray(baseline, dtype=bool)
     if not (len(x) == len(y) == len(base)):
         raise UserError(
             f"mismatched lengths: {len(x)} ID accuracies, {len(y)} OOD accuracies, "
             f"{len(base)} baseline flags")
-    fit = fit_line(x[base], y[base], kind)
+    base_labels = None if labels is None else [labels[i] for i in np.flatnonzero(base)]
+    fit = fit_line(x[base], y[base], kind, saturated=saturated, labels=base_labels)
+    edge = np.flatnonzero(~base & ((x == 0) | (x == 1))) if kind != "none" else []
+    if len(edge):
+        warnings.warn("ID accuracy of exactly 0 or 1: the line is read at the clipped value "
+                      f"[{EPS:g}, {1 - EPS:g}] for " + ", ".join(_who(labels, int(i)) for i in edge),
+                      SaturationWarning, stacklevel=2)
     predicted = fit.predict(x)
     id_ci = clopper_pearson(*id_counts, confidence=confidence) if id_counts else None
     ood_ci = clopper_pearson(*ood_counts, confidence=confidence) if ood_counts else None
@@ -153,11 +209,14 @@ def effective_robustness(
     band_x = np.linspace(lo_x, hi_x, band_points)
     rng = np.random.default_rng(seed)
     bx, by = x[base], y[base]
+    if saturated == "exclude":
+        keep = ~_saturated(bx, by, kind)
+        bx, by = bx[keep], by[keep]
     preds = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(bx), len(bx))
         tx = transform(bx[idx], kind)
-        if np.ptp(tx) == 0:
+        if np.ptp(tx) < MIN_ID_SPREAD:
             continue  # a resample with one distinct point has no line
         res = stats.linregress(tx, transform(by[idx], kind))
         preds.append(inverse_transform(res.slope * transform(band_x, kind) + res.intercept, kind))
@@ -212,3 +271,30 @@ def fit_multi_id(id_accs: np.ndarray | Sequence[Sequence[float]], ood_acc: Seque
     A = np.column_stack([transform(X, kind), np.ones(len(y))])
     sol, *_ = np.linalg.lstsq(A, transform(y, kind), rcond=None)
     return MultiIdFit(sol[:-1], float(sol[-1]), kind)
+
+
+#: How far a record's accuracy may differ from its ``correct / n`` (float rounding only).
+COUNT_TOLERANCE = 1e-9
+
+
+def check_counts(acc: Sequence[float], correct: Sequence[float | None], n: Sequence[float | None],
+                 labels: Sequence[str]) -> np.ndarray:
+    """Rows that carry both counts (a boolean mask); an accuracy that disagrees with its
+    ``correct / n`` by more than :data:`COUNT_TOLERANCE`, or impossible counts, are a one-line
+    :class:`UserError` naming the row."""
+    a = np.asarray(acc, dtype=np.float64)
+    k = np.asarray(_floats(correct))
+    m = np.asarray(_floats(n))
+    has = np.isfinite(k) & np.isfinite(m)
+    for i in np.flatnonzero(has):
+        if m[i] <= 0 or k[i] < 0 or k[i] > m[i] or k[i] != round(k[i]) or m[i] != round(m[i]):
+            raise UserError(f"{labels[i]}: impossible counts correct={k[i]:g}, n={m[i]:g}")
+        if abs(a[i] - k[i] / m[i]) > COUNT_TOLERANCE:
+            raise UserError(f"{labels[i]}: accuracy {float(a[i])!r} disagrees with correct/n = "
+                            f"{int(k[i])}/{int(m[i])} = {float(k[i] / m[i])!r}")
+    return has
+
+
+def _floats(values: Sequence[float | None]) -> list[float]:
+    """Values as floats, with None (a record without the key) as NaN."""
+    return [float("nan") if v is None else float(v) for v in values]

@@ -106,10 +106,16 @@ class EvalSetConfig:
     root: str = param("", help="class-folder root of the test set")
     protocol: str = param("imagenet", help="imagenet, imagenet-v2, imagenet-sketch, imagenet-r, "
                           "imagenet-a, objectnet")
-    subset: str | None = param(None, help="imagenet-r / imagenet-a (200 classes) or a wnid file")
+    subset: str | None = param(None, help="imagenet-r / imagenet-a (200 classes), objectnet "
+                               "(ImageNet val on ObjectNet's 113 classes) or a wnid file")
     classes_file: str | None = param(None, help="override the class list (wnid<TAB>name lines)")
     mappings_dir: str | None = param(None, help="ObjectNet mappings/ folder (default root/mappings)")
     expected_size: int | None = param(None, help="override the known image count")
+    objectnet_head: Literal["imagenet-max", "objectnet-names"] = param(
+        "imagenet-max", help="ObjectNet head: max over its ImageNet classes (imagenet-testbed) "
+        "or its own 113 names (CLIP_benchmark); also for subset objectnet")
+    border: int | None = param(None, help="pixels cut from each image side (default: 2 for "
+                               "objectnet, its frame; else 0)")
 
 
 @dataclass
@@ -250,7 +256,8 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
     settings = train_settings(cfg)
     eval_sets = [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
                                   classes_file=s.classes_file, mappings_dir=s.mappings_dir,
-                                  expected_size=s.expected_size) for s in cfg.eval.sets]
+                                  expected_size=s.expected_size, objectnet_head=s.objectnet_head,
+                                  border=s.border) for s in cfg.eval.sets]
     if eval_sets and any(m.kind == "mmcl" for m in cfg.methods):
         load_templates(cfg.eval.templates)
     dist_info = init_distributed(cfg.train.device)
