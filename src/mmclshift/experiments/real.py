@@ -21,6 +21,7 @@ from typing import Any, Literal
 from mmclshift.config import ConfigError, from_dict, nonnegative, param, positive, to_dict
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, atomic_write_text, seed_everything
+from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 
 KIND = "clip_real"
 
@@ -110,6 +111,9 @@ class RealExperimentConfig:
     kind: str = param(KIND, help="experiment kind")
     name: str = param("clip_real", help="experiment name")
     seed: int = param(0, help="seed of model init and data order")
+    threads: int = param(TIER_THREADS["real"], help="torch CPU threads during the run (0: leave "
+                         "torch's setting, i.e. all cores: the towers are large enough to use them)",
+                         check=check_threads)
     data: DataConfig = param(default_factory=DataConfig)
     model: ModelConfig = param(default_factory=ModelConfig)
     methods: list[MethodConfig] = param(
@@ -230,7 +234,7 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
                                   classes_file=s.classes_file, mappings_dir=s.mappings_dir,
                                   expected_size=s.expected_size) for s in cfg.eval.sets]
     cache = TextHeadCache()
-    with run.guard():
+    with run.guard(), torch_threads(cfg.threads):
         for method in cfg.methods:
             model, preprocess, tokenizer = build_method(cfg, method, len(vocab))
             stream = build_stream(cfg, preprocess, vocab, rank=dist_info.rank,
