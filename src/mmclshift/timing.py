@@ -5,18 +5,49 @@ measure the load as much as the code. :func:`interleave` runs every arm once per
 which goes first, after a warm-up call of each that is discarded; :func:`ratios` pairs the arms
 repeat by repeat, and :func:`summary` prints min and median. A benchmark's last line is
 ``ratio: <median of the per-repeat ratios>`` (ours over the baseline, higher is better).
+
+Single-threaded loops can also be timed in CPU seconds (:class:`Stopwatch`): on an
+oversubscribed machine their wall time is mostly time spent waiting for a core, and the CPU time
+of a one-thread process is the time it spent computing. Benchmarks that time in CPU seconds say
+so and print the wall-clock ratio beside it.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 
-def interleave(arms: Mapping[str, Callable[[int], float]], repeats: int, *,
-               warmup: bool = True, report: Callable[[str], None] | None = print) -> dict[str, list[float]]:
-    """{arm: [value per repeat]}; ``arm(r)`` runs repeat ``r`` (-1: warm-up) and returns its value.
+class Stopwatch:
+    """Wall-clock and process CPU seconds of a ``with`` block."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+Measure = float | Mapping[str, float]
+
+
+def _fmt(value: Measure) -> str:
+    if isinstance(value, Mapping):
+        return " ".join(f"{k} {v:.4g}" for k, v in value.items())
+    return f"{value:.4g}"
+
+
+def interleave(arms: Mapping[str, Callable[[int], Measure]], repeats: int, *,
+               warmup: bool = True, report: Callable[[str], None] | None = print) -> dict[str, list[Measure]]:
+    """{arm: [value per repeat]}; ``arm(r)`` runs repeat ``r`` (-1: warm-up) and returns its
+    value (a number, or a mapping such as ``{"wall": ..., "cpu": ...}``).
 
     Repeat ``r`` starts with arm ``r mod len(arms)`` (a rotation), so no arm always runs first or
     last. ``report`` gets one line per repeat (None: silent).
@@ -25,7 +56,7 @@ def interleave(arms: Mapping[str, Callable[[int], float]], repeats: int, *,
     if warmup:
         for name in names:
             arms[name](-1)
-    out: dict[str, list[float]] = {name: [] for name in names}
+    out: dict[str, list[Measure]] = {name: [] for name in names}
     for r in range(repeats):
         k = r % len(names)
         order = names[k:] + names[:k]
@@ -33,9 +64,14 @@ def interleave(arms: Mapping[str, Callable[[int], float]], repeats: int, *,
             out[name].append(arms[name](r))
         if report is not None:
             report(f"repeat {r} ({' -> '.join(order)}): "
-                   + ", ".join(f"{name} {out[name][-1]:.4g}" for name in names)
+                   + ", ".join(f"{name} {_fmt(out[name][-1])}" for name in names)
                    + f"; load {load():.2f}")
     return out
+
+
+def column(values: Sequence[Measure], key: str) -> list[float]:
+    """One field of mapping-valued measures."""
+    return [float(v[key]) for v in values]  # type: ignore[index]
 
 
 def ratios(ours: Sequence[float], baseline: Sequence[float], *, higher_is_better: bool = True) -> list[float]:
@@ -58,4 +94,4 @@ def load() -> float:
         return float("nan")
 
 
-__all__ = ["interleave", "load", "ratios", "summary"]
+__all__ = ["Stopwatch", "column", "interleave", "load", "ratios", "summary"]
