@@ -18,7 +18,7 @@ paths give the same models: for every one-at-a-time job, the test predictions of
 recomputed from their checkpoints and the differing ones counted (with the largest decision
 margin among them). Temporary run directories are removed. Last line: ``ratio: <median>``.
 
-  PYTHONPATH=src python benchmarks/sweep.py [--subset 4] [--repeats 3] [--steps 300]
+  PYTHONPATH=src python benchmarks/sweep.py [--subset 3] [--repeats 3] [--steps 300]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def margin(scores: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subset", type=int, default=4, help="one-at-a-time jobs timed per repeat")
+    ap.add_argument("--subset", type=int, default=3, help="one-at-a-time jobs timed per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
