@@ -58,6 +58,8 @@ def test_theory_run_uses_its_thread_policy_and_restores_the_callers(tmp_path, mo
         S.run_experiment(small_dm1(), tmp_path / "a", progress=False, theory=False)
         S.run_experiment(small_dm1(threads=2), tmp_path / "b", progress=False, theory=False)
         assert seen == [1, 2] and torch.get_num_threads() == 2
+        env = [json.loads((tmp_path / d / "env.json").read_text()) for d in ("a", "b")]
+        assert [e["torch_threads"] for e in env] == [1, 2]
     finally:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -238,15 +238,16 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
 def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
                    theory: bool = True) -> list[dict[str, Any]]:
     """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
-    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
-    with run.guard(), torch_threads(cfg.threads):
-        job = prepare_job(cfg)
-        mmcl = train_mmcl(job.train.x_image, job.train.x_text, cfg.mmcl, job.init_gen,
-                          progress=progress, log=run.log_metrics)
-        sl = train_sl(job.train.x_image, job.train.labels, job.model.num_classes, cfg.sl,
-                      job.init_gen, progress=progress, log=run.log_metrics)
-        preds = theory_predictions(cfg) if theory else {}
-        return evaluate_job(job, run, mmcl, sl, preds)
+    with torch_threads(cfg.threads):  # before create: env.json records the run's threads
+        run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
+        with run.guard():
+            job = prepare_job(cfg)
+            mmcl = train_mmcl(job.train.x_image, job.train.x_text, cfg.mmcl, job.init_gen,
+                              progress=progress, log=run.log_metrics)
+            sl = train_sl(job.train.x_image, job.train.labels, job.model.num_classes, cfg.sl,
+                          job.init_gen, progress=progress, log=run.log_metrics)
+            preds = theory_predictions(cfg) if theory else {}
+            return evaluate_job(job, run, mmcl, sl, preds)
 
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
