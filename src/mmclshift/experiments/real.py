@@ -55,6 +55,10 @@ class DataConfig:
         "first", help="caption naming several classes: label with the first mentioned, or drop")
     no_class: Literal["drop", "keep"] = param(
         "drop", help="caption naming no class: drop it, or keep it with label -1")
+    workers: int = param(2, help="DataLoader processes decoding images for training and "
+                         "evaluation (0: in the main process; same batches either way)",
+                         check=nonnegative)
+    prefetch: int = param(2, help="chunks decoded ahead per worker", check=positive)
 
 
 @dataclass
@@ -211,7 +215,8 @@ def train_settings(cfg: RealExperimentConfig):
                          lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                          grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
                          log_every=t.log_every, precision=t.precision,
-                         supcon_temperature=t.supcon_temperature)
+                         supcon_temperature=t.supcon_temperature, workers=cfg.data.workers,
+                         prefetch=cfg.data.prefetch)
 
 
 def build_method(cfg: RealExperimentConfig, method: MethodConfig, n_classes: int):
@@ -280,7 +285,8 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
                             templates=cfg.eval.templates, cache=cache)
             for ev in eval_sets:
                 rec = evaluate(scorer, ev, preprocess, device=dist_info.device,
-                               batch_size=cfg.eval.batch_size, progress=progress)
+                               batch_size=cfg.eval.batch_size, progress=progress,
+                               workers=cfg.data.workers, prefetch=cfg.data.prefetch)
                 rec = {"event": "eval", "method": method.name, **{k: v for k, v in rec.items()
                                                                    if k != "event"},
                        "step": result.step, "loss": method.loss, "model": cfg.model.name,
