@@ -146,7 +146,7 @@ def test_environment_is_gathered_once_per_process(tmp_path, monkeypatch):
     for i in range(3):
         RunDir.create(tmp_path / f"r{i}", small_dm1(seed=i), seed=i, device="cpu")
         envs.append(json.loads((tmp_path / f"r{i}" / "env.json").read_text()))
-    assert len(calls) == 1 and calls[0][:2] == ["git", "rev-parse"]
+    assert [c[:2] for c in calls if c[:1] == ["git"]] == [["git", "rev-parse"]]  # once, not per run
     assert [e["seed"] for e in envs] == [0, 1, 2]
     assert envs[0]["torch"] == torch.__version__ and envs[0]["device"] == "cpu"
     assert {k: v for k, v in envs[0].items() if k not in ("seed", "started")} == \
