@@ -363,7 +363,8 @@ def load_config(
 
 
 def dump_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+    # libyaml's emitter when present: the same text as safe_dump, ~3x faster (one per run)
+    return yaml.dump(to_dict(obj), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def replace(cfg: T, **changes: Any) -> T:

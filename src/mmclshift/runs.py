@@ -14,6 +14,16 @@ A run directory holds::
 
 Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
 
+Durability: metrics lines are flushed to the OS as they are written but not fsynced one by one;
+:meth:`RunDir.mark_done` fsyncs metrics.jsonl before it writes (and fsyncs) ``done``, so a
+``done`` marker that survives a crash vouches for the metrics before it. Inside
+:func:`deferred_durability` (a batched sweep's chunk of jobs) no file is fsynced on its own:
+``done`` markers are held back, and on leaving the block one ``os.sync()`` makes everything
+written durable, the markers are written, and a second ``os.sync()`` makes them durable. A crash
+inside the block leaves no marker, so those jobs count as incomplete and rerun.
+The environment (versions, host, git revision) is gathered once per process
+(:func:`environment_info` caches it; only ``seed``, ``device`` and ``started`` vary per run).
+
 **Identity.** A run directory belongs to one config: :func:`check_run_dir` (called by
 :meth:`RunDir.create`, ``experiments.run``, grids and sweeps before anything is written) finds
 the same config finished ("done": skip it), the same config unfinished ("partial": resume or
@@ -41,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import io
 import json
@@ -82,8 +93,14 @@ VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume"
 # --------------------------------------------------------------------------- atomic files
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    ``fsync`` (default: yes, except inside :func:`deferred_durability`) flushes the file to disk
+    before the rename.
+    """
+    if fsync is None:
+        fsync = _DEFERRED is None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -95,7 +112,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -103,8 +121,49 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def fsync_file(path: str | Path) -> None:
+    """fsync an existing file (no-op if it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# done markers held back by deferred_durability: [(run, payload)], or None outside the block
+_DEFERRED: list[tuple[RunDir, dict[str, Any]]] | None = None
+
+
+@contextlib.contextmanager
+def deferred_durability() -> Iterator[None]:
+    """Skip per-file fsyncs inside the block; make it all durable with two ``os.sync()`` at exit.
+
+    ``mark_done`` calls inside the block queue their ``done`` marker; at exit (also on an
+    exception, for the runs that finished) everything written is synced, then the markers are
+    written and synced. Nested blocks join the outer one.
+    """
+    global _DEFERRED
+    if _DEFERRED is not None:
+        yield
+        return
+    _DEFERRED = pending = []
+    try:
+        yield
+    finally:
+        _DEFERRED = None
+        if pending:
+            os.sync()
+            for run, payload in pending:
+                atomic_write_text(run.path / DONE_FILE, json.dumps(payload) + "\n", fsync=False)
+                run._clear_running()
+            os.sync()
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
@@ -182,7 +241,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@functools.lru_cache(maxsize=8)
 def git_revision(cwd: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd`` (once per process and folder), or None."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
@@ -192,8 +253,9 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment_info(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """What produced a run: versions, hardware, seed, git revision."""
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict[str, Any]:
+    """The parts of :func:`environment_info` that cannot change within a process."""
     import mmclshift
 
     info: dict[str, Any] = {
@@ -204,12 +266,8 @@ def environment_info(seed: int | None = None, device: str | None = None) -> dict
         "torch": torch.__version__,
         "numpy": np.__version__,
         "cuda_available": torch.cuda.is_available(),
-        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "seed": seed,
         "git_revision": git_revision(Path(__file__).parent),
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -217,6 +275,18 @@ def environment_info(seed: int | None = None, device: str | None = None) -> dict
         with contextlib.suppress(Exception):
             mod = __import__(name)
             info[name] = getattr(mod, "__version__", None)
+    return info
+
+
+def environment_info(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """What produced a run: versions, hardware, seed, git revision (gathered once per process)."""
+    info = dict(_static_environment())
+    info.update({
+        "device": device or ("cuda" if info["cuda_available"] else "cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    })
     return info
 
 
@@ -267,12 +337,10 @@ class RunDir:
         return self.path / CHECKPOINT_DIR
 
     def log_metrics(self, record: Mapping[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl and flush it to disk."""
+        """Append one JSON line to metrics.jsonl (flushed to the OS; fsynced by :meth:`mark_done`)."""
         line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
             fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -286,8 +354,13 @@ class RunDir:
         return load_checkpoint(self.checkpoint_dir / name)
 
     def mark_done(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Write ``done`` after making metrics.jsonl durable (see :func:`deferred_durability`)."""
         payload = {"finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
         payload.update(_jsonable(summary or {}))
+        if _DEFERRED is not None:
+            _DEFERRED.append((self, payload))
+            return
+        fsync_file(self.path / METRICS_FILE)
         atomic_write_text(self.path / DONE_FILE, json.dumps(payload) + "\n")
         self._clear_running()
 

@@ -29,6 +29,7 @@ from mmclshift.config import (
 )
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, atomic_write_text, identity_hash, seed_everything
+from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 
 KIND = "clip_real"
 
@@ -130,6 +131,9 @@ class RealExperimentConfig:
     kind: str = param(KIND, help="experiment kind")
     name: str = param("clip_real", help="experiment name", check=path_part)
     seed: int = param(0, help="seed of model init and data order")
+    threads: int = param(TIER_THREADS["real"], help="torch CPU threads during the run (0: leave "
+                         "torch's setting, i.e. all cores: the towers are large enough to use them)",
+                         check=check_threads)
     data: DataConfig = param(default_factory=DataConfig)
     model: ModelConfig = param(default_factory=ModelConfig)
     methods: list[MethodConfig] = param(
@@ -271,7 +275,7 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
     records: list[dict[str, Any]] = []
     cache = TextHeadCache()
     identity = identity_hash(cfg)
-    with run.guard():
+    with run.guard(), torch_threads(cfg.threads):
         for method in cfg.methods:
             model, preprocess, tokenizer = build_method(cfg, method, len(vocab))
             stream = build_stream(cfg, preprocess, vocab, rank=dist_info.rank,

@@ -38,6 +38,7 @@ from mmclshift.evaluate.semisynthetic import accuracy, predict, zero_shot_head
 from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
 from mmclshift.report_text import format_table
 from mmclshift.runs import RunDir, check_run_dir, eval_records, seed_everything
+from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 from mmclshift.train.images import (
     MMCLLossConfig,
     TrainConfig,
@@ -69,8 +70,9 @@ class SemiSyntheticExperiment:
                       check=path_part)
     seed: int = param(0, help="seed of the data construction, initialisation and minibatch order")
     device: str = param("cpu", help="cpu, cuda, cuda:N")
-    threads: int = param(1, help="torch CPU threads during the run (0: leave torch's setting); "
-                         "1 is fastest for the small CNN, above all on shared cores")
+    threads: int = param(TIER_THREADS["semisynthetic"], help="torch CPU threads during the run (0: "
+                         "leave torch's setting); 1 is fastest for the small CNN, above all on shared cores",
+                         check=check_threads)
     methods: list[str] = param(default_factory=lambda: list(METHODS), help="methods to train: mmcl, sl")
     splits: list[str] = param(default_factory=lambda: list(TEST_SPLITS), help="test splits")
     data: SemiSyntheticDataConfig = field(default_factory=SemiSyntheticDataConfig)
@@ -110,14 +112,10 @@ def run_experiment(cfg: SemiSyntheticExperiment, out_dir: str | Path, progress: 
     digits = load_digits(cfg.data.root)  # before the run dir: a bad root loses nothing
     run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=str(device))
     writer = _tensorboard(run.path)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     try:
-        with run.guard():
+        with run.guard(), torch_threads(cfg.threads):
             records = _run(cfg, run, digits, device, progress, writer)
     finally:
-        torch.set_num_threads(threads)
         if writer is not None:
             writer.close()
     return records

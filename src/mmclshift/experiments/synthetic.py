@@ -41,6 +41,7 @@ from mmclshift.theory.linear import (
     sl_accuracy,
     sl_population_rule,
 )
+from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 from mmclshift.train.linear import MMCLConfig, OptimConfig, SLConfig, train_mmcl, train_sl
 
 METHODS = ("mmcl", "sl")
@@ -59,6 +60,10 @@ class _SyntheticBase:
     n_train: int = param(20000, help="number of training pairs", check=at_least(2))
     n_test: int = param(20000, help="test-set size per split", check=positive)
     splits: list[str] = param(default_factory=lambda: list(SPLITS), help="test splits to evaluate")
+    threads: int = param(TIER_THREADS["theory"], help="torch CPU threads during the run (0: leave "
+                         "torch's setting); 1 is fastest for these small linear models",
+                         check=check_threads)
+    save_checkpoints: bool = param(True, help="save the trained models in checkpoints/")
     mmcl: MMCLConfig = field(default_factory=MMCLConfig)
     sl: SLConfig = field(default_factory=SLConfig)
 
@@ -164,45 +169,57 @@ class PreparedJob:
     sampler: Sampler
     train: Any  # PairBatch
     init_gen: torch.Generator
+    cache: dict = field(default_factory=dict, repr=False)  # shared draws (see prepare_job)
+
+    def test_draw(self, split: str) -> Any:
+        """The test set of ``split`` (drawn once per data settings and data seed)."""
+        cfg = self.cfg
+        key = (cfg.kind, repr(cfg.data), cfg.device, cfg.dtype, split, cfg.n_test, cfg.effective_data_seed)
+        if key not in self.cache:
+            gen = torch.Generator().manual_seed(_split_seed(cfg.effective_data_seed, split))
+            self.cache[key] = self.sampler.sample(split, cfg.n_test, gen)
+        return self.cache[key]
 
 
 def prepare_job(cfg: SyntheticExperiment, *, train_cache: dict | None = None) -> PreparedJob:
     """Build the sampler and draw the training set exactly as :func:`run_experiment` does.
 
-    ``train_cache`` (optional) shares draws between jobs whose data settings and data seed agree.
+    ``train_cache`` (optional) shares the sampler (its geometry) and the draws between jobs whose
+    data settings and data seed agree; :func:`evaluate_job` shares the test draws through it too.
     """
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {cfg.device} requested but CUDA is not available")
-    model = data_model(cfg)
-    sampler = Sampler(model, device=device, dtype=_dtype(cfg))
+    cache = {} if train_cache is None else train_cache
+    geometry = (cfg.kind, repr(cfg.data), cfg.device, cfg.dtype)
+    if geometry not in cache:
+        model = data_model(cfg)
+        cache[geometry] = (model, Sampler(model, device=device, dtype=_dtype(cfg)))
+    model, sampler = cache[geometry]
     data_seed = cfg.effective_data_seed
-    key = (cfg.kind, repr(cfg.data), cfg.n_train, data_seed, cfg.device, cfg.dtype)
-    if train_cache is not None and key in train_cache:
-        train = train_cache[key]
-    else:
-        train = sampler.sample("train", cfg.n_train,
-                               torch.Generator().manual_seed(_split_seed(data_seed, "train")))
-        if train_cache is not None:
-            train_cache[key] = train
-    return PreparedJob(cfg, model, sampler, train, torch.Generator().manual_seed(cfg.effective_init_seed))
+    key = (*geometry, "train", cfg.n_train, data_seed)
+    if key not in cache:
+        cache[key] = sampler.sample("train", cfg.n_train,
+                                    torch.Generator().manual_seed(_split_seed(data_seed, "train")))
+    return PreparedJob(cfg, model, sampler, cache[key],
+                       torch.Generator().manual_seed(cfg.effective_init_seed), cache)
 
 
 def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
                  preds: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
     """Evaluate trained models on every split, log eval records, save checkpoints, mark done."""
     cfg, sampler = job.cfg, job.sampler
-    run.save_checkpoint({"state_dict": mmcl.state_dict()}, "mmcl.pt")
-    run.save_checkpoint({"state_dict": sl.state_dict()}, "sl.pt")
+    if cfg.save_checkpoints:
+        run.save_checkpoint({"state_dict": mmcl.state_dict()}, "mmcl.pt")
+        run.save_checkpoint({"state_dict": sl.state_dict()}, "sl.pt")
     rules = {
         "mmcl": zero_shot_rule(mmcl, sampler.prompt_inputs(),
                                normalize_text=cfg.mmcl.loss == "infonce" and cfg.mmcl.normalize),
         "sl": classifier_rule(sl),
     }
     records = []
-    data_seed = cfg.effective_data_seed
     for split in cfg.splits:
-        test = sampler.sample(split, cfg.n_test, torch.Generator().manual_seed(_split_seed(data_seed, split)))
+        test = job.test_draw(split)
         for method in METHODS:
             rule = rules[method]
             acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
@@ -222,15 +239,16 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
 def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
                    theory: bool = True) -> list[dict[str, Any]]:
     """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
-    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
-    with run.guard():
-        job = prepare_job(cfg)
-        mmcl = train_mmcl(job.train.x_image, job.train.x_text, cfg.mmcl, job.init_gen,
-                          progress=progress, log=run.log_metrics)
-        sl = train_sl(job.train.x_image, job.train.labels, job.model.num_classes, cfg.sl,
-                      job.init_gen, progress=progress, log=run.log_metrics)
-        preds = theory_predictions(cfg) if theory else {}
-        return evaluate_job(job, run, mmcl, sl, preds)
+    with torch_threads(cfg.threads):  # before create: env.json records the run's threads
+        run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
+        with run.guard():
+            job = prepare_job(cfg)
+            mmcl = train_mmcl(job.train.x_image, job.train.x_text, cfg.mmcl, job.init_gen,
+                              progress=progress, log=run.log_metrics)
+            sl = train_sl(job.train.x_image, job.train.labels, job.model.num_classes, cfg.sl,
+                          job.init_gen, progress=progress, log=run.log_metrics)
+            preds = theory_predictions(cfg) if theory else {}
+            return evaluate_job(job, run, mmcl, sl, preds)
 
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,12 @@ from mmclshift.runs import (
     RunDir,
     atomic_write_text,
     check_run_dir,
+    deferred_durability,
     make_run_dir,
     run_state,
 )
 from mmclshift.sweeps.spec import Job
+from mmclshift.threads import TIER_THREADS, torch_threads
 
 PLAN_FILE = "sweep.json"
 MAX_BATCH = 512  # jobs per batched tensor program (bounds memory)
@@ -81,9 +84,33 @@ def _theory_key(cfg: Any) -> str:
                        d["sl"]["solver"], d["sl"]["weight_decay"], d["splits"]], sort_keys=True)
 
 
-def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
-                progress: bool = False) -> dict[str, str]:
-    """Train batchable synthetic jobs as batched tensor programs; returns {name: status}."""
+@dataclass
+class BatchStats:
+    """What :func:`run_batched` did: jobs trained batched, jobs that fell back to one at a time."""
+
+    batched: int = 0
+    fallback: int = 0
+    chunks: int = 0
+    errors: list[str] = field(default_factory=list)  # why each fallen-back chunk fell back
+
+
+def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True, progress: bool = False,
+                threads: int = TIER_THREADS["batched"], stats: BatchStats | None = None) -> dict[str, str]:
+    """Train batchable synthetic jobs as batched tensor programs; returns {name: status}.
+
+    Runs with ``threads`` torch threads (0: torch's setting). Jobs with equal data settings and
+    data seed share the sampler and the training and test draws. Each chunk's run directories are
+    written inside :func:`mmclshift.runs.deferred_durability` (two ``os.sync()`` per chunk instead
+    of an fsync per file). A chunk whose batched training raises falls back to one job at a time:
+    a ``RuntimeWarning`` says so and ``stats.fallback`` counts the jobs.
+    """
+    stats = BatchStats() if stats is None else stats
+    with torch_threads(threads):
+        return _run_batched(jobs, out, theory, progress, stats)
+
+
+def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
+                 stats: BatchStats) -> dict[str, str]:
     from mmclshift.experiments.synthetic import evaluate_job, prepare_job, theory_predictions
     from mmclshift.models.linear import LinearEncoders
     from mmclshift.train import batched as B
@@ -94,54 +121,61 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
         groups.setdefault((*B.batch_key(c), c.sl.bias), []).append(job)
     status: dict[str, str] = {}
     theory_cache: dict[str, dict] = {}
-    train_cache: dict = {}
+    data_cache: dict = {}
     bar = tqdm(total=len(jobs), desc="batched jobs", disable=not progress, unit="job")
     for group in groups.values():
         for start in range(0, len(group), MAX_BATCH):
             chunk = group[start:start + MAX_BATCH]
-            try:
-                prepared = [prepare_job(j.config, train_cache=train_cache) for j in chunk]
-                runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
-                        for j in chunk]
-                cfg0 = chunk[0].config
-                inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
-                                        p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
-                                        generator=p.init_gen, dtype=p.train.x_image.dtype)
-                         for p in prepared]
-                x_img = torch.stack([p.train.x_image for p in prepared])
-                x_txt = torch.stack([p.train.x_text for p in prepared])
-                dev = x_img.device
-                stats = B.mmcl_statistics(x_img, x_txt)
-                rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=stats.cross.dtype, device=dev)
-                W_img, W_txt = B.train_mmcl_batched(
-                    stats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
-                    torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
-                    cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
-                K = prepared[0].model.num_classes
-                wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
-                W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
-                                          bias=cfg0.sl.bias)
-            except Exception:  # noqa: BLE001 - fall back to one job at a time
-                for j in chunk:
-                    status[j.name] = run_job(to_dict(j.config), str(out / j.name))
-                    bar.update(1)
-                continue
-            for i, (job, prep, run) in enumerate(zip(chunk, prepared, runs, strict=True)):
+            stats.chunks += 1
+            with deferred_durability():
                 try:
-                    with run.guard():
-                        preds = {}
-                        if theory:
-                            key = _theory_key(job.config)
-                            if key not in theory_cache:
-                                theory_cache[key] = theory_predictions(job.config)
-                            preds = theory_cache[key]
-                        run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
-                        evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
-                                     B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
-                    status[job.name] = "done"
-                except Exception:  # noqa: BLE001
-                    status[job.name] = "failed"
-                bar.update(1)
+                    prepared = [prepare_job(j.config, train_cache=data_cache) for j in chunk]
+                    runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
+                            for j in chunk]
+                    cfg0 = chunk[0].config
+                    inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
+                                            p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
+                                            generator=p.init_gen, dtype=p.train.x_image.dtype)
+                             for p in prepared]
+                    x_img = torch.stack([p.train.x_image for p in prepared])
+                    x_txt = torch.stack([p.train.x_text for p in prepared])
+                    dev = x_img.device
+                    mstats = B.mmcl_statistics(x_img, x_txt)
+                    rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=mstats.cross.dtype, device=dev)
+                    W_img, W_txt = B.train_mmcl_batched(
+                        mstats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
+                        torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
+                        cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
+                    K = prepared[0].model.num_classes
+                    wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
+                    W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
+                                              bias=cfg0.sl.bias)
+                except Exception as exc:  # noqa: BLE001 - fall back to one job at a time
+                    warnings.warn(f"batched training of {len(chunk)} jobs failed ({exc!r}); running "
+                                  "them one at a time", RuntimeWarning, stacklevel=3)
+                    stats.fallback += len(chunk)
+                    stats.errors.append(repr(exc))
+                    for j in chunk:
+                        status[j.name] = run_job(to_dict(j.config), str(out / j.name))
+                        bar.update(1)
+                    continue
+                stats.batched += len(chunk)
+                for i, (job, prep, run) in enumerate(zip(chunk, prepared, runs, strict=True)):
+                    try:
+                        with run.guard():
+                            preds = {}
+                            if theory:
+                                key = _theory_key(job.config)
+                                if key not in theory_cache:
+                                    theory_cache[key] = theory_predictions(job.config)
+                                preds = theory_cache[key]
+                            run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
+                            evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
+                                         B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
+                        status[job.name] = "done"
+                    except Exception:  # noqa: BLE001
+                        status[job.name] = "failed"
+                    bar.update(1)
     bar.close()
     return status
 
@@ -150,7 +184,7 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True,
 
 
 def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progress: bool = True,
-                 **_: Any) -> dict[str, str]:
+                 stats: BatchStats | None = None, **_: Any) -> dict[str, str]:
     from mmclshift.experiments.synthetic import CONFIG_KINDS as SYNTHETIC
     from mmclshift.train.batched import batchable
 
@@ -158,7 +192,7 @@ def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progre
     batch = [j for j in jobs if batched and j.config.kind in SYNTHETIC and batchable(j.config)]
     single = [j for j in jobs if j not in batch]
     if batch:
-        status.update(run_batched(batch, out, progress=progress))
+        status.update(run_batched(batch, out, progress=progress, stats=stats))
     for job in tqdm(single, desc="jobs", disable=not progress or not single, unit="job"):
         status[job.name] = run_job(to_dict(job.config), str(out / job.name))
     return status
