@@ -16,7 +16,7 @@ the number of the 27 x 1,000 OOD zero-shot test predictions that differ (float32
 kernels round differently, and AdamW turns rounding in near-zero gradients into small weight
 differences). The last line is ``ratio: <median one-at-a-time seconds / median stacked seconds>``.
 
-    PYTHONPATH=src python benchmarks/grid.py [--steps 60] [--repeats 3] [--threads 1] [--seeds 3]
+    PYTHONPATH=src python benchmarks/grid.py [--steps 20] [--repeats 3] [--threads 1] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def compare(a: list[TwoTowerModel], b: list[TwoTowerModel], cells, tests) -> tup
     device = torch.device("cpu")
     for ma, mb, (seed, _) in zip(a, b, cells, strict=True):
         for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
-            diff = max(diff, float((pa - pb).abs().max()))
+            diff = max(diff, float((pa - pb).detach().abs().max()))
         test = tests[seed]
         preds = [predict(m.image, test.images, device, head=zero_shot_head(m, prompts, device)) for m in (ma, mb)]
         differing += int((preds[0] != preds[1]).sum())
@@ -95,7 +95,7 @@ def compare(a: list[TwoTowerModel], b: list[TwoTowerModel], cells, tests) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=60, help="training steps per cell (the smoke config: 300)")
+    ap.add_argument("--steps", type=int, default=20, help="training steps per cell (the smoke config: 300)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each arm, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, default=3, help="seeds (cells = 9 x seeds)")

@@ -159,13 +159,18 @@ class StackedSmallCNN:
 
 
 def stacked_bag_of_words(p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """C bag-of-words text encoders (+ ``W_T``) on per-cell tokens (C, B, L) -> (C, B, p)."""
-    c, vocab, _ = p["embed.w"].shape
+    """C bag-of-words text encoders (+ ``W_T``) on per-cell tokens (C, B, L) -> (C, B, p).
+
+    One ``embedding_bag`` over the cells' stacked vocabularies: cell ``c``'s word ``t`` is row
+    ``c * V + t``; padding stays token 0, which ``padding_idx`` leaves out of the mean and the
+    gradient (the BagOfWords mean over a caption's non-pad words).
+    """
+    c, vocab, width = p["embed.w"].shape
+    b, length = tokens.shape[1:]
     offset = (torch.arange(c, device=tokens.device) * vocab).view(c, 1, 1)
-    emb = F.embedding(tokens + offset, p["embed.w"].reshape(c * vocab, -1))  # (C, B, L, width)
-    mask = (tokens != 0).unsqueeze(-1).to(emb.dtype)
-    h = (emb * mask).sum(2) / mask.sum(2).clamp_min(1.0)
-    return torch.bmm(h, p["proj_txt.w"].transpose(1, 2))
+    rows = torch.where(tokens != 0, tokens + offset, 0).reshape(c * b, length)
+    h = F.embedding_bag(rows, p["embed.w"].reshape(c * vocab, width), mode="mean", padding_idx=0)
+    return torch.bmm(h.view(c, b, width), p["proj_txt.w"].transpose(1, 2))
 
 
 def stacked_clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -250,7 +255,7 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
     encoder = StackedSmallCNN([len(g) for g in groups], resize)
     opt = make_optimizer([stacked[k] for k in trainable], cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    targets = [cells[i].targets for i in order]
+    targets = [torch.stack([cells[i].targets for i in g]) for g in groups]  # (M, n, ...) per group
     gens = [torch.Generator().manual_seed(cells[g[0]].stream_seed) for g in groups]
     streams = [batches(cells[g[0]].images.shape[0], cfg, gen) for g, gen in zip(groups, gens, strict=True)]
     logs = [cells[i].log for i in order]
@@ -261,15 +266,15 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
     seen, t0 = 0, time.perf_counter()
     running: torch.Tensor | None = None
     for step in range(cfg.steps):
-        xs, idxs = [], []
-        for g, gen, stream in zip(groups, gens, streams, strict=True):
+        xs, ys = [], []
+        for g, gen, stream, tg in zip(groups, gens, streams, targets, strict=True):
             idx = next(stream)
             x = cells[g[0]].images[idx].to(device, non_blocking=True).float().div_(255.0)
             if cfg.augment:
                 x = random_translate(x, cfg.max_shift, gen)
             xs.append(x.to(dtype))
-            idxs.extend([idx] * len(g))
-        y = torch.stack([t[i] for t, i in zip(targets, idxs, strict=True)]).to(device, non_blocking=True)
+            ys.append(tg[:, idx])
+        y = (torch.cat(ys) if len(ys) > 1 else ys[0]).to(device, non_blocking=True)
         z = encoder(stacked, xs)
         if method == "sl":
             losses = stacked_sl_loss(z, stacked["head.w"], stacked["head.b"], y)
@@ -286,7 +291,7 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
         if clamp is not None:
             with torch.no_grad():
                 stacked["logit_scale"].clamp_(0, clamp)
-        seen += len(idxs[0])
+        seen += y.shape[1]
         values = losses.detach()
         running = values.clone() if running is None else 0.9 * running + 0.1 * values
         if (step % cfg.log_every == 0 or step == cfg.steps - 1) and any(log is not None for log in logs):
