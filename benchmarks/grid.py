@@ -16,7 +16,7 @@ the number of the 27 x 1,000 OOD zero-shot test predictions that differ (float32
 kernels round differently, and AdamW turns rounding in near-zero gradients into small weight
 differences). The last line is ``ratio: <median one-at-a-time seconds / median stacked seconds>``.
 
-    PYTHONPATH=src python benchmarks/grid.py [--steps 20] [--repeats 3] [--threads 1] [--seeds 3]
+    PYTHONPATH=src python benchmarks/grid.py [--steps 15] [--repeats 3] [--threads 1] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def compare(a: list[TwoTowerModel], b: list[TwoTowerModel], cells, tests) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="training steps per cell (the smoke config: 300)")
+    ap.add_argument("--steps", type=int, default=15, help="training steps per cell (the smoke config: 300)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each arm, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seeds", type=int, default=3, help="seeds (cells = 9 x seeds)")
@@ -106,7 +106,7 @@ def main() -> None:
     cells, tests = build(cfg, list(range(args.seeds)))
     print(f"grid: {len(cells)} MMCL cells (pi_core x pi_spu = 3 x 3, {args.seeds} seeds), "
           f"{args.steps} steps each, batch {cfg.train.batch_size}, torch threads {args.threads}")
-    warm = replace(cfg, **{"train.steps": 3})
+    warm = replace(cfg, **{"train.steps": 2})
     one_at_a_time(warm, cells)
     stacked(warm, cells)
     times: dict[str, list[float]] = {"one at a time": [], "stacked": []}
