@@ -119,6 +119,10 @@ def test_unstackable_architectures_are_named(digits):
                                        dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 1)] * 2,
                           method, cfg.train, mmcl=cfg.mmcl, progress=False)
     cfg = _cfg()
+    small = [StackedCell(new_model(cfg, "sl", torch.device("cpu")), torch.zeros(n, 3, 28, 28, dtype=torch.uint8),
+                         torch.zeros(n, dtype=torch.long), 1) for n in (8, 16)]  # batch 32 > 8, 16 images
+    with pytest.raises(ValueError, match="minibatches differ in size"):
+        train_stacked(small, "sl", cfg.train, progress=False)
     assert unstackable_reason(new_model(cfg, "mmcl", torch.device("cpu")), "mmcl", cfg.mmcl) is None
     assert unstackable_reason(new_model(cfg, "sl", torch.device("cpu")), "sl", cfg.mmcl) is None
 

@@ -39,6 +39,7 @@ class StackReport:
 def _stack_key(method: str, cfg: semi.SemiSyntheticExperiment) -> str:
     """Runs with equal keys can share one stack (images and seeds may differ)."""
     keep = {k: to_dict(cfg)[k] for k in ("model", "train", "device", "threads")}
+    keep["images"] = (cfg.data.root, cfg.data.n_train)  # equal minibatch sizes
     if method == "mmcl":
         keep["mmcl"] = to_dict(cfg.mmcl)
     return repr((method, sorted(keep.items())))

@@ -242,6 +242,8 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
         reason = unstackable_reason(cell.model, method, mmcl)
         if reason is not None:
             raise ValueError(f"cannot stack this cell: {reason}")
+    if len({min(cfg.batch_size, c.images.shape[0]) for c in cells}) > 1:
+        raise ValueError("cannot stack cells whose minibatches differ in size (fewer images than the batch size)")
     groups = _groups(cells)
     order = [i for g in groups for i in g]  # cells of a group are consecutive in the stack
     models = [cells[i].model for i in order]
