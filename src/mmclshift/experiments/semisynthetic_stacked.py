@@ -31,7 +31,7 @@ from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reas
 class StackReport:
     """What :func:`train_cells_stacked` did: runs trained stacked, runs left to the loop and why."""
 
-    stacked: int = 0
+    trained: list[str] = field(default_factory=list)  # names of the runs trained stacked
     one_at_a_time: int = 0
     reasons: list[str] = field(default_factory=list)
 
@@ -79,7 +79,7 @@ def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], o
                   file=sys.stderr, flush=True)
             continue
         _train_stack(members, out, method, progress)
-        report.stacked += len(members)
+        report.trained += [name for name, _ in members]
     return report
 
 
