@@ -17,9 +17,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmclshift.config import load_config, replace
+from mmclshift.config import replace
 from mmclshift.data.digits import load_embedded_digits
 from mmclshift.data.semisynthetic import build_splits
+from mmclshift.experiments import load_config
 from mmclshift.experiments.semisynthetic import new_model, run_grid
 from mmclshift.runs import DONE_FILE, read_metrics
 from mmclshift.train.images import clamp_logit_scale, mmcl_loss_fn, sl_loss_fn, train_loop
