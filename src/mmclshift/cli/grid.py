@@ -45,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print_json_lines(result["rows"])
     else:
         print(result["table"])
-        print(f"\n[{len(result['rows'])} cells in {result['seconds']:.1f}s; run directories under {out}]")
+        print(f"\n[{len(result['rows'])} cells in {result['seconds']:.1f}s; runs trained: {result['stacked']} "
+              f"stacked, {result['one_at_a_time']} one at a time; run directories under {out}]")
     return 0

@@ -61,6 +61,8 @@ class GridConfig:
     pi_spu: list[float] = param(default_factory=lambda: [0.0, 0.5, 1.0],
                                 help="caption probabilities of the colour", check=each(probability))
     seeds: list[int] = param(default_factory=lambda: [0], help="seeds (each cell is run per seed)")
+    stacked: bool = param(True, help="train the grid's runs together as stacked models where they "
+                          "stack (small_cnn + bow; see docs/semisynthetic.md); false: one at a time")
 
 
 @dataclass
@@ -123,6 +125,35 @@ def run_experiment(cfg: SemiSyntheticExperiment, out_dir: str | Path, progress: 
 
 def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.device,
          progress: bool, writer: Any) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    data = start_run(cfg, run, digits)
+    train = data["train"]
+    images = train.images.to(device) if device.type == "cuda" else train.images
+    models: dict[str, Any] = {}
+    throughput: dict[str, float] = {}
+    for method in METHODS:
+        if method not in cfg.methods:
+            continue
+        # the same init stream and the same minibatch/augmentation stream for both methods
+        model = new_model(cfg, method, device)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        if method == "mmcl":
+            stats = train_loop(model, mmcl_loss_fn(model, cfg.mmcl), images, train.tokens, cfg.train,
+                               gen, method=method, device=device, progress=progress,
+                               log=run.log_metrics, writer=writer,
+                               after_step=clamp_logit_scale(model, cfg.mmcl))
+        else:
+            stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
+                               method=method, device=device, progress=progress,
+                               log=run.log_metrics, writer=writer)
+        throughput[method] = stats["samples_per_s"]
+        models[method] = model
+        save_model(cfg, run, method, model)
+    return finish_run(cfg, run, digits, data, models, throughput, t0, device, writer)
+
+
+def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any) -> dict[str, Any]:
+    """Seed, build the run's splits and log its ``data`` record (the first part of a run)."""
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = build_splits(digits, cfg.data, cfg.seed, cfg.splits)
@@ -135,33 +166,27 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
         "train_names_spu": float(train.names_spu.float().mean()),
         "build_seconds": time.perf_counter() - t0,
     })
-    images = train.images.to(device) if device.type == "cuda" else train.images
-    models: dict[str, Any] = {}
-    throughput: dict[str, float] = {}
-    for method in METHODS:
-        if method not in cfg.methods:
-            continue
-        # the same init stream and the same minibatch/augmentation stream for both methods
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        if method == "mmcl":
-            model = TwoTowerModel(cfg.model, len(VOCAB), MAX_CAPTION_LEN,
-                                  init_temperature=cfg.mmcl.temperature,
-                                  learn_temperature=cfg.mmcl.learn_temperature).to(device)
-            stats = train_loop(model, mmcl_loss_fn(model, cfg.mmcl), images, train.tokens, cfg.train,
-                               gen, method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer,
-                               after_step=clamp_logit_scale(model, cfg.mmcl))
-        else:
-            model = SupervisedModel(cfg.model, NUM_CLASSES).to(device)
-            stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
-                               method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer)
-        throughput[method] = stats["samples_per_s"]
-        models[method] = model
-        if cfg.save_checkpoints:
-            run.save_checkpoint({"state_dict": model.state_dict(), "method": method}, f"{method}.pt")
+    return data
 
+
+def new_model(cfg: SemiSyntheticExperiment, method: str, device: torch.device) -> torch.nn.Module:
+    """A method's untrained model, initialised from the run's seed (equal for MMCL and SL)."""
+    torch.manual_seed(cfg.seed)
+    if method == "mmcl":
+        return TwoTowerModel(cfg.model, len(VOCAB), MAX_CAPTION_LEN, init_temperature=cfg.mmcl.temperature,
+                             learn_temperature=cfg.mmcl.learn_temperature).to(device)
+    return SupervisedModel(cfg.model, NUM_CLASSES).to(device)
+
+
+def save_model(cfg: SemiSyntheticExperiment, run: RunDir, method: str, model: torch.nn.Module) -> None:
+    if cfg.save_checkpoints:
+        run.save_checkpoint({"state_dict": model.state_dict(), "method": method}, f"{method}.pt")
+
+
+def finish_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, data: dict[str, Any],
+               models: dict[str, Any], throughput: dict[str, float], t0: float, device: torch.device,
+               writer: Any, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Evaluate trained models, log the eval records and mark the run done."""
     records = []
     for method, model in models.items():
         if method == "mmcl":
@@ -182,7 +207,7 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
                 writer.add_scalar(f"{method}/accuracy_{split}", acc, cfg.train.steps)
             records.append(rec)
     run.mark_done({"records": len(records), "data_source": digits.source,
-                   "samples_per_s": throughput, "seconds": time.perf_counter() - t0})
+                   "samples_per_s": throughput, "seconds": time.perf_counter() - t0, **(summary or {})})
     return records
 
 
@@ -229,8 +254,10 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
     finished. A cell directory holding another config is refused (one line naming the keys)
     before any cell trains; ``force`` moves such directories aside and retrains them.
     SL does not read captions, so it is trained once per seed on the same images the MMCL
-    cells use. Returns ``{"rows": [...], "table": str, "seconds": float}``; rows hold per-cell
-    means over seeds.
+    cells use. With ``grid.stacked``, the runs not done yet are first trained as stacked models
+    where they stack (:mod:`mmclshift.experiments.semisynthetic_stacked`); the rest one at a time.
+    Returns ``{"rows": [...], "table": str, "seconds": float, "stacked": int, "one_at_a_time": int}``
+    (the last two: runs trained here each way); rows hold per-cell means over seeds.
     """
     if split not in cfg.splits:
         raise ConfigError(f"config key 'splits': the grid reports split {split!r}, which is not evaluated")
@@ -240,6 +267,15 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
     cells = grid_cells(cfg)
     states = {name: check_run_dir(out / name, cell_cfg) if not force else None
               for name, cell_cfg in cells}  # refuses a changed cell before anything trains
+    stacked = single = 0
+    if cfg.grid.stacked:
+        from mmclshift.experiments.semisynthetic_stacked import train_cells_stacked
+
+        pending = [(name, cell_cfg) for name, cell_cfg in cells
+                   if (states[name] or check_run_dir(out / name, cell_cfg, force=True)) != "done"]
+        done = train_cells_stacked(pending, out, progress=progress).trained
+        states.update(dict.fromkeys(done, "done"))
+        stacked = len(done)
     for i, (name, cell_cfg) in enumerate(cells):
         run_dir = out / name
         state = states[name] or check_run_dir(run_dir, cell_cfg, force=True)
@@ -247,6 +283,7 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
             if progress:
                 print(f"[grid {i + 1}/{len(cells)}] {name}", flush=True)
             run_experiment(cell_cfg, run_dir, progress=progress)
+            single += 1
         results[name] = eval_records(run_dir)
 
     def acc(name: str, method: str, which: str) -> float | None:
@@ -284,7 +321,7 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
         footer += f"   SL id: {_mean(sl_id):.4f}"
     elapsed = time.perf_counter() - t0
     return {"rows": rows, "table": f"{table}\n\nMMCL {split} accuracy (rows pi_core, columns pi_spu)\n"
-            f"{pivot}\n{footer}", "seconds": elapsed}
+            f"{pivot}\n{footer}", "seconds": elapsed, "stacked": stacked, "one_at_a_time": single}
 
 
 def format_pivot(rows: list[dict[str, Any]], pi_core: list[float], pi_spu: list[float], key: str) -> str:

@@ -1,0 +1,141 @@
+"""A semi-synthetic grid's pending runs trained as stacked models (:mod:`mmclshift.train.stacked`).
+
+:func:`train_cells_stacked` takes the grid's runs that are not done yet, partitions them into
+stacks (same method, architecture, optimisation, device and threads) and trains each stack of
+two or more runs at once. Every run still gets its own run directory with the same files and
+records as a one-at-a-time run (config, environment, ``data``/``train``/``eval`` records,
+checkpoints, ``done``); its ``done`` summary adds ``stacked_cells``, the size of its stack.
+
+Runs that cannot be stacked (another image or text tower) are left to the one-at-a-time loop;
+the reason is printed once per stack and their number returned, so callers can count them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmclshift.config import to_dict
+from mmclshift.data.digits import load_digits
+from mmclshift.experiments import semisynthetic as semi
+from mmclshift.runs import RunDir
+from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reason
+
+
+@dataclass
+class StackReport:
+    """What :func:`train_cells_stacked` did: runs trained stacked, runs left to the loop and why."""
+
+    trained: list[str] = field(default_factory=list)  # names of the runs trained stacked
+    one_at_a_time: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def _stack_key(method: str, cfg: semi.SemiSyntheticExperiment) -> str:
+    """Runs with equal keys can share one stack (images and seeds may differ)."""
+    keep = {k: to_dict(cfg)[k] for k in ("model", "train", "device", "threads")}
+    keep["images"] = (cfg.data.root, cfg.data.n_train)  # equal minibatch sizes
+    if method == "mmcl":
+        keep["mmcl"] = to_dict(cfg.mmcl)
+    return repr((method, sorted(keep.items())))
+
+
+def _logger(run: RunDir, writer: Any):
+    def log(record: dict[str, Any]) -> None:
+        run.log_metrics(record)
+        if writer is not None:
+            writer.add_scalar(f"{record['method']}/loss", record["loss"], record["step"])
+            writer.add_scalar(f"{record['method']}/samples_per_s", record["samples_per_s"], record["step"])
+
+    return log
+
+
+def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, *,
+                        progress: bool = True) -> StackReport:
+    """Train the single-method runs ``(name, config)`` under ``out`` in stacks; see the module doc."""
+    report = StackReport()
+    stacks: dict[str, list[tuple[str, semi.SemiSyntheticExperiment]]] = {}
+    for name, cfg in cells:
+        if len(cfg.methods) != 1:
+            report.one_at_a_time += 1
+            continue
+        stacks.setdefault(_stack_key(cfg.methods[0], cfg), []).append((name, cfg))
+    for members in stacks.values():
+        if len(members) < 2:
+            report.one_at_a_time += len(members)
+            continue
+        cfg0 = members[0][1]
+        method = cfg0.methods[0]
+        reason = unstackable_reason(semi.new_model(cfg0, method, torch.device("cpu")), method, cfg0.mmcl)
+        if reason is not None:
+            report.one_at_a_time += len(members)
+            report.reasons.append(f"{method}: {reason}")
+            print(f"[grid] {len(members)} {method} runs are trained one at a time: cannot stack {reason}",
+                  file=sys.stderr, flush=True)
+            continue
+        _train_stack(members, out, method, progress)
+        report.trained += [name for name, _ in members]
+    return report
+
+
+def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, method: str,
+                 progress: bool) -> None:
+    cfg0 = members[0][1]
+    device = torch.device(cfg0.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise semi.ConfigError(f"config key 'device': {cfg0.device} requested but CUDA is not available")
+    digits = {cfg.data.root: load_digits(cfg.data.root) for _, cfg in members}  # before any run dir
+    threads = torch.get_num_threads()
+    if cfg0.threads:
+        torch.set_num_threads(cfg0.threads)
+    runs: list[RunDir] = []
+    writers: list[Any] = []
+    try:
+        t0 = time.perf_counter()
+        prepared, shared = [], {}
+        for name, cfg in members:
+            run = RunDir.create(out / name, cfg, seed=cfg.seed, device=str(device))
+            runs.append(run)
+            writers.append(semi._tensorboard(run.path))
+            data = semi.start_run(cfg, run, digits[cfg.data.root])
+            for split in data.values():  # runs of one seed share their images: keep one copy
+                key = (cfg.seed, split.name, tuple(split.images.shape))
+                kept = shared.setdefault(key, split.images)
+                if kept is not split.images and torch.equal(kept, split.images):
+                    split.images = kept
+            prepared.append(data)
+        if progress:
+            print(f"[grid] training {len(members)} {method} runs as one stacked model", flush=True)
+        cells = []
+        for (_, cfg), run, writer, data in zip(members, runs, writers, prepared, strict=True):
+            train = data["train"]
+            images = train.images.to(device) if device.type == "cuda" else train.images
+            cells.append(StackedCell(semi.new_model(cfg, method, device), images,
+                                     train.tokens if method == "mmcl" else train.labels,
+                                     cfg.seed + 1, _logger(run, writer)))
+        stats = train_stacked(cells, method, cfg0.train, mmcl=cfg0.mmcl, device=device,
+                              progress=progress, desc=f"train {method} x{len(cells)}")
+        for (_, cfg), run, writer, data, cell, st in zip(members, runs, writers, prepared, cells, stats,
+                                                          strict=True):
+            semi.save_model(cfg, run, method, cell.model)
+            semi.finish_run(cfg, run, digits[cfg.data.root], data, {method: cell.model},
+                            {method: st["samples_per_s"]}, t0, device, writer,
+                            summary={"stacked_cells": len(cells)})
+    except BaseException as exc:
+        for run in runs:
+            if not run.done:
+                run.mark_failed(exc)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+
+
+__all__ = ["StackReport", "train_cells_stacked"]

@@ -1,0 +1,323 @@
+"""Many small image models trained at once: the cells of a Figure 2 grid as one stacked program.
+
+The cells of a pi_core x pi_spu x seeds grid share their architecture, optimiser settings and,
+per seed, their training images; they differ in their captions, their initial weights (per seed)
+and their minibatch/augmentation stream (per seed). :func:`train_stacked` trains C such models
+together:
+
+* **Parameters** of the C models are stacked along a leading cell axis (``(C, *shape)``) and
+  optimised by one optimiser over the stacked tensors. AdamW, Adam and SGD with momentum are
+  elementwise and the cells share no parameters, while the loss is the *sum* of the cells'
+  losses, so each cell's gradient, optimiser state and update are its own: the slice ``[c]`` of
+  every stacked tensor follows the trajectory the cell would follow alone (up to float rounding
+  of the batched kernels).
+* **RNG streams**: each cell names its minibatch/augmentation stream by a seed (in a grid, the
+  run's ``seed + 1``, as :func:`mmclshift.train.images.train_loop` is given). Cells whose stream
+  seeds and training images are equal draw identical minibatches and translations, so the draws
+  are made once per such *group* (with :func:`~mmclshift.train.images.batches` and
+  :func:`~mmclshift.train.images.random_translate`, in the order the one-cell loop makes them)
+  and shared by its cells; each cell's captions (or labels) are indexed with the group's indices.
+* **Forward** (:class:`StackedSmallCNN`, :class:`StackedBagOfWords`): a group's cells see the same
+  input batch, so the first convolution of all of a group's cells is one convolution with their
+  filters concatenated; the second is one grouped convolution over all cells (``groups=C``);
+  the fully connected layers, the text tower and the losses are batched matmuls.
+
+What stacks (:func:`unstackable_reason`): ``small_cnn`` image towers (any ``image_size``) with the ``bow``
+text tower, the ``clip`` or ``linear`` MMCL loss, and SL (the same image encoder plus a linear
+head). Any other architecture returns a reason, and the caller trains those cells one at a time.
+
+After training, each cell's parameters are copied back into its own ``nn.Module``, so evaluation,
+checkpoints and run directories are those of the one-at-a-time path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmclshift.models.towers import BagOfWords, SmallCNN, SupervisedModel, TwoTowerModel, _Resized
+from mmclshift.train.images import (
+    Logger,
+    MMCLLossConfig,
+    TrainConfig,
+    batches,
+    lr_factor,
+    make_optimizer,
+    random_translate,
+)
+
+
+@dataclass
+class StackedCell:
+    """One model of a stack: its module (trained in place), targets and RNG stream.
+
+    ``targets`` are caption tokens (n, L) for MMCL or labels (n,) for SL, aligned with
+    ``images`` (uint8 (n, 3, H, W)); ``stream_seed`` seeds the cell's minibatch/augmentation
+    generator (as ``torch.Generator().manual_seed(stream_seed)`` in the one-cell loop).
+    ``log`` receives the cell's ``train`` records (as :func:`train_loop`'s ``log``).
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    targets: torch.Tensor
+    stream_seed: int
+    log: Logger | None = None
+
+
+# --------------------------------------------------------------------------- what stacks
+
+
+def _cnn(model: nn.Module) -> tuple[SmallCNN, int | None] | None:
+    """(SmallCNN, resize-to size or None) of a model's image tower, or None if it is not one."""
+    tower = model.image.tower
+    size = None
+    if isinstance(tower, _Resized):
+        tower, size = tower.tower, tower.size
+    return (tower, size) if isinstance(tower, SmallCNN) else None
+
+
+def unstackable_reason(model: nn.Module, method: str, mmcl: MMCLLossConfig | None = None) -> str | None:
+    """Why ``model`` cannot be trained by :func:`train_stacked` (None: it can)."""
+    if method == "mmcl":
+        if not isinstance(model, TwoTowerModel):
+            return f"{type(model).__name__} is not a two-tower model"
+        if not isinstance(model.text.tower, BagOfWords):
+            return f"text tower {type(model.text.tower).__name__} (only bow stacks)"
+        if mmcl is not None and mmcl.loss not in ("clip", "linear"):
+            return f"MMCL loss {mmcl.loss!r}"
+    elif method == "sl":
+        if not isinstance(model, SupervisedModel):
+            return f"{type(model).__name__} is not the SL model"
+    else:
+        return f"method {method!r}"
+    if _cnn(model) is None:
+        return f"image tower {type(model.image.tower).__name__} (only small_cnn stacks)"
+    return None
+
+
+def _parts(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
+    """The model's parameters (and the temperature buffer) under the stacked program's names."""
+    cnn, _ = _cnn(model)  # type: ignore[misc]
+    out = {
+        "conv1.w": cnn.features[0].weight, "conv1.b": cnn.features[0].bias,
+        "conv2.w": cnn.features[3].weight, "conv2.b": cnn.features[3].bias,
+        "fc.w": cnn.fc[1].weight, "fc.b": cnn.fc[1].bias,
+        "proj_img.w": model.image.proj.weight,
+    }
+    if method == "mmcl":
+        out["embed.w"] = model.text.tower.embed.weight
+        out["proj_txt.w"] = model.text.proj.weight
+        out["logit_scale"] = model.logit_scale
+    else:
+        out["head.w"] = model.head.weight
+        out["head.b"] = model.head.bias
+    return out
+
+
+# --------------------------------------------------------------------------- stacked modules
+
+
+class StackedSmallCNN:
+    """C SmallCNN image encoders (+ projection ``W_I``) evaluated at once.
+
+    ``group_sizes`` lists how many consecutive cells share one input batch; the input is a list
+    of one (B, 3, H, W) batch per group. The convolutions run per cell on channels-last
+    activations: on CPU this was measured faster than one grouped convolution over all cells
+    (and than NCHW layout, whose max-pooling is many times slower at these sizes); the fully
+    connected layers and the projection are batched matmuls over the cells.
+    """
+
+    def __init__(self, group_sizes: Sequence[int], resize: int | None) -> None:
+        self.group_sizes = list(group_sizes)
+        self.resize = resize
+
+    def __call__(self, p: dict[str, torch.Tensor], xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Embeddings (C, B, p) for one input batch per group."""
+        w1, b1 = p["conv1.w"].unbind(0), p["conv1.b"].unbind(0)
+        w2, b2 = p["conv2.w"].unbind(0), p["conv2.b"].unbind(0)
+        feats, c = [], 0
+        for x, m in zip(xs, self.group_sizes, strict=True):
+            if self.resize is not None and x.shape[-1] != self.resize:  # once per group
+                x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+            for _ in range(m):
+                # max-pool then ReLU: equal to ReLU then max-pool (both monotone), on 4x fewer values
+                h = F.relu(F.max_pool2d(F.conv2d(x, w1[c], b1[c], padding=1), 2))
+                h = F.relu(F.max_pool2d(F.conv2d(h, w2[c], b2[c], padding=1), 2))
+                feats.append(h.contiguous().flatten(1))  # the cell's NCHW flatten order
+                c += 1
+        y = torch.stack(feats)  # (C, B, 2w*s*s)
+        y = F.relu(torch.baddbmm(p["fc.b"].unsqueeze(1), y, p["fc.w"].transpose(1, 2)))
+        return torch.bmm(y, p["proj_img.w"].transpose(1, 2))
+
+
+def stacked_bag_of_words(p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """C bag-of-words text encoders (+ ``W_T``) on per-cell tokens (C, B, L) -> (C, B, p).
+
+    One ``embedding_bag`` over the cells' stacked vocabularies: cell ``c``'s word ``t`` is row
+    ``c * V + t``; padding stays token 0, which ``padding_idx`` leaves out of the mean and the
+    gradient (the BagOfWords mean over a caption's non-pad words).
+    """
+    c, vocab, width = p["embed.w"].shape
+    b, length = tokens.shape[1:]
+    offset = (torch.arange(c, device=tokens.device) * vocab).view(c, 1, 1)
+    rows = torch.where(tokens != 0, tokens + offset, 0).reshape(c * b, length)
+    h = F.embedding_bag(rows, p["embed.w"].reshape(c * vocab, width), mode="mean", padding_idx=0)
+    return torch.bmm(h.view(c, b, width), p["proj_txt.w"].transpose(1, 2))
+
+
+def stacked_clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Per-cell symmetric InfoNCE (open_clip's ClipLoss on each cell) -> (C,)."""
+    zi, zt = F.normalize(z_img, dim=-1), F.normalize(z_txt, dim=-1)
+    c, b, _ = zi.shape
+    scale = logit_scale.view(c, 1, 1)
+    per_image = scale * torch.bmm(zi, zt.transpose(1, 2))
+    per_text = scale * torch.bmm(zt, zi.transpose(1, 2))
+    target = torch.arange(b, device=zi.device).repeat(c)
+    a = F.cross_entropy(per_image.reshape(c * b, b), target, reduction="none").view(c, b).mean(1)
+    t = F.cross_entropy(per_text.reshape(c * b, b), target, reduction="none").view(c, b).mean(1)
+    return 0.5 * (a + t)
+
+
+def stacked_linear_loss(z_img: torch.Tensor, z_txt: torch.Tensor, w_img: torch.Tensor,
+                        w_txt: torch.Tensor, rho: float) -> torch.Tensor:
+    """Per-cell :func:`mmclshift.losses.linear_mmcl_loss` -> (C,)."""
+    n = z_img.shape[1]
+    if n < 2:
+        raise ValueError("the contrastive loss needs a batch of at least 2 pairs")
+    diag = (z_img * z_txt).sum((1, 2))
+    total = (z_img.sum(1) * z_txt.sum(1)).sum(-1)
+    reg = 0.5 * rho * (torch.bmm(w_img, w_img.transpose(1, 2)) * torch.bmm(w_txt, w_txt.transpose(1, 2))).sum((1, 2))
+    return (total - diag) / (n * (n - 1)) - diag / n + reg
+
+
+def stacked_sl_loss(z: torch.Tensor, head_w: torch.Tensor, head_b: torch.Tensor,
+                    labels: torch.Tensor) -> torch.Tensor:
+    """Per-cell cross-entropy of the linear head on embeddings (C, B, p), labels (C, B) -> (C,)."""
+    c, b, _ = z.shape
+    logits = torch.baddbmm(head_b.unsqueeze(1), z, head_w.transpose(1, 2))
+    return F.cross_entropy(logits.reshape(c * b, -1), labels.reshape(-1), reduction="none").view(c, b).mean(1)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _groups(cells: Sequence[StackedCell]) -> list[list[int]]:
+    """Cells that draw identical minibatches: equal stream seed and equal training images."""
+    groups: list[list[int]] = []
+    for i, cell in enumerate(cells):
+        for g in groups:
+            first = cells[g[0]]
+            if first.stream_seed == cell.stream_seed and (
+                    first.images is cell.images or (first.images.shape == cell.images.shape
+                                                    and torch.equal(first.images, cell.images))):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *,
+                  mmcl: MMCLLossConfig | None = None, device: torch.device | str = "cpu",
+                  progress: bool = True, desc: str = "") -> list[dict[str, float]]:
+    """Train ``cells`` (all ``method``: "mmcl" or "sl") together; each model is updated in place.
+
+    Every cell must pass :func:`unstackable_reason` and share the architecture. Returns per-cell
+    throughput figures like :func:`mmclshift.train.images.train_loop` (``samples_per_s`` counts
+    the cell's own samples over the stack's wall time).
+    """
+    if not cells:
+        return []
+    device = torch.device(device)
+    mmcl = mmcl or MMCLLossConfig()
+    for cell in cells:
+        reason = unstackable_reason(cell.model, method, mmcl)
+        if reason is not None:
+            raise ValueError(f"cannot stack this cell: {reason}")
+    if len({min(cfg.batch_size, c.images.shape[0]) for c in cells}) > 1:
+        raise ValueError("cannot stack cells whose minibatches differ in size (fewer images than the batch size)")
+    groups = _groups(cells)
+    order = [i for g in groups for i in g]  # cells of a group are consecutive in the stack
+    models = [cells[i].model for i in order]
+    parts = [_parts(m, method) for m in models]
+    stacked = {k: torch.stack([pt[k].detach() for pt in parts]).to(device).contiguous() for k in parts[0]}
+    trainable = [k for k, v in parts[0].items() if isinstance(v, nn.Parameter) and v.requires_grad]
+    for k in trainable:
+        stacked[k].requires_grad_(True)
+    resize = _cnn(models[0])[1]  # type: ignore[index]
+    dtype = stacked["conv1.w"].dtype  # float32 normally (float64 models train in float64)
+    encoder = StackedSmallCNN([len(g) for g in groups], resize)
+    opt = make_optimizer([stacked[k] for k in trainable], cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    targets = [torch.stack([cells[i].targets for i in g]) for g in groups]  # (M, n, ...) per group
+    gens = [torch.Generator().manual_seed(cells[g[0]].stream_seed) for g in groups]
+    streams = [batches(cells[g[0]].images.shape[0], cfg, gen) for g, gen in zip(groups, gens, strict=True)]
+    logs = [cells[i].log for i in order]
+    clamp = math.log(mmcl.max_logit_scale) if method == "mmcl" and "logit_scale" in trainable else None
+    n_cells = len(order)
+    bar = tqdm(total=cfg.steps, desc=desc or f"train {method} x{n_cells}", unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    seen, t0 = 0, time.perf_counter()
+    running: torch.Tensor | None = None
+    for step in range(cfg.steps):
+        xs, ys = [], []
+        for g, gen, stream, tg in zip(groups, gens, streams, targets, strict=True):
+            idx = next(stream)
+            x = cells[g[0]].images[idx].to(device, non_blocking=True).float().div_(255.0)
+            if cfg.augment:
+                x = random_translate(x, cfg.max_shift, gen)
+            xs.append(x.to(dtype))
+            ys.append(tg[:, idx])
+        y = (torch.cat(ys) if len(ys) > 1 else ys[0]).to(device, non_blocking=True)
+        z = encoder(stacked, xs)
+        if method == "sl":
+            losses = stacked_sl_loss(z, stacked["head.w"], stacked["head.b"], y)
+        else:
+            z_txt = stacked_bag_of_words(stacked, y)
+            if mmcl.loss == "clip":
+                losses = stacked_clip_loss(z, z_txt, stacked["logit_scale"].exp())
+            else:
+                losses = stacked_linear_loss(z, z_txt, stacked["proj_img.w"], stacked["proj_txt.w"], mmcl.rho)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        sched.step()
+        if clamp is not None:
+            with torch.no_grad():
+                stacked["logit_scale"].clamp_(0, clamp)
+        seen += y.shape[1]
+        values = losses.detach()
+        running = values.clone() if running is None else 0.9 * running + 0.1 * values
+        if (step % cfg.log_every == 0 or step == cfg.steps - 1) and any(log is not None for log in logs):
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            lr = sched.get_last_lr()[0]
+            for log, value in zip(logs, values.tolist(), strict=True):
+                if log is not None:
+                    log({"event": "train", "method": method, "step": step, "loss": value,
+                         "samples_per_s": rate, "lr": lr})
+        if progress:
+            bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    with torch.no_grad():
+        for c, pt in enumerate(parts):
+            for k, tensor in pt.items():
+                tensor.copy_(stacked[k][c].to(tensor.device))
+    final = running.tolist() if running is not None else [0.0] * n_cells
+    stats: list[dict[str, float]] = [{} for _ in cells]
+    for pos, i in enumerate(order):
+        stats[i] = {"seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9),
+                    "final_loss": final[pos], "stacked_cells": float(n_cells)}
+    return stats
+
+
+__all__ = ["StackedCell", "StackedSmallCNN", "stacked_bag_of_words", "stacked_clip_loss",
+           "stacked_linear_loss", "stacked_sl_loss", "train_stacked", "unstackable_reason"]
