@@ -240,6 +240,7 @@ def grid_rows(table: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in t.columns if c not in ROW_KEYS and c not in _GRID_FREE]
     if not keys:
         return t
-    sig = t[keys].astype(str).agg("|".join, axis=1)
+    sig = pd.Series([json.dumps(list(r), default=str) for r in t[keys].itertuples(index=False)],
+                    index=t.index)
     common = sig[mm.index].value_counts().index[0]
     return t[sig == common]
