@@ -238,6 +238,11 @@ def test_report_is_self_contained(report_runs, tmp_path):
     assert not re.search(r"""(src|href)=["'](https?:|//)""", page)
     for text in ("Figure 2", "Figure 5", "Theory vs measurement", "Effective robustness", "What was run"):
         assert text in page
+    # findings first, inventory last; claims link to their figure; run paths are relative
+    order = [page.index(t) for t in ("Findings: the paper", "Figures and the claims", "What was run")]
+    assert order == sorted(order)
+    assert '<a href="#fig-theory">theory_matches_trained</a>' in page and 'id="fig-theory"' in page
+    assert str(report_runs) not in page and "300.0000" not in page
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {
         "figure2_ood_grid.png", "figure2_ood_grid.svg", "figure5_id_grid.png", "theory_vs_measured.svg"}
 
