@@ -49,13 +49,15 @@ class DemoScale:
     grid_config: str | None  # a YAML in configs/ (None: the built-in smoke config)
     seeds: list[int]
     theory_n: int | None  # training/test-set size of the theory tier (None: the configs' defaults)
-    baseline_steps: list[int]  # SL baselines for the effective-robustness line: training lengths
-    baseline_fractions: list[float]  # ... and fractions of the training digits
+    # SL baselines for the effective-robustness line: training lengths as fractions of the grid's
+    # train.steps, and fractions of the training digits
+    baseline_steps: list[float]
+    baseline_fractions: list[float]
 
 
 SCALES: dict[str, DemoScale] = {
-    "demo": DemoScale(None, [0, 1, 2], 10000, [20, 60], [0.25, 1.0]),
-    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [100, 400, 1500], [0.1, 1.0]),
+    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0]),
+    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0]),
 }
 
 
@@ -84,7 +86,8 @@ def grid_jobs(cfg: semisynthetic.SemiSyntheticExperiment, scale: DemoScale) -> l
     """The Figure 2 grid's runs, then SL baselines of varied strength for the ER line."""
     jobs = [Job(c, name) for name, c in semisynthetic.grid_cells(cfg)]
     n_digits = _n_train_digits(cfg)
-    for steps in scale.baseline_steps:
+    for step_frac in scale.baseline_steps:
+        steps = max(1, int(round(step_frac * cfg.train.steps)))
         for frac in scale.baseline_fractions:
             n = max(cfg.train.batch_size, int(round(frac * n_digits)))
             over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
