@@ -7,7 +7,7 @@ several zero-shot prompt sets, so the prompt explanation is tested on the same m
 * ``colours``  -- the mean of the normalised embeddings of "a photo of the digit seven in <c>"
   over the ten colours (a prompt ensemble that marginalises the colour word).
 
-Training variants (``--variant``): ``base`` (300 steps), ``long`` (900 steps), ``transformer``
+Training variants (``--variant``): ``base`` (300 steps), ``long`` (900), ``xlong`` (2700), ``transformer``
 (the transformer text tower), ``noprefix`` (captions and prompts without "a photo of the digit").
 
   PYTHONPATH=src python scripts/pi_spu_probe.py --variant base --seeds 0 1 2
@@ -67,15 +67,15 @@ def head(model: TwoTowerModel, tokens: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", default="base", choices=["base", "long", "transformer", "noprefix"])
+    ap.add_argument("--variant", default="base", choices=["base", "long", "xlong", "transformer", "noprefix"])
     ap.add_argument("--pi-core", type=float, nargs="+", default=[0.5])
     ap.add_argument("--pi-spu", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = demo_config()
-    if args.variant == "long":
-        base = replace(base, **{"train.steps": 900})
+    if args.variant in ("long", "xlong"):
+        base = replace(base, **{"train.steps": 900 if args.variant == "long" else 2700})
     if args.variant == "transformer":
         base = replace(base, **{"model.text_encoder": "transformer"})
     digits = load_digits(None)
