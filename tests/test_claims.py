@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,13 @@ def test_claims_cli_on_no_runs_and_missing_method(tmp_path, capsys):
     assert "claim mmcl_beats_sl_ood could not be computed: no semisynthetic grid runs of SL on split 'ood'" in err
     written = {d["claim"] for d in json.loads((no_sl / "claims.json").read_text())}
     assert {"pi_spu_minor", "pi_core_matters"} <= written and "mmcl_beats_sl_ood" not in written
+
+
+def test_train_takes_a_list_of_seeds(tmp_path, capsys):
+    out = tmp_path / "dm1"
+    config = Path(__file__).resolve().parents[1] / "configs" / "data_model_1.yaml"
+    args = ["train", str(config), "n_train=400", "n_test=400", "mmcl.optim.steps=5",
+            "--seeds", "0", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    col = collect([out])
+    assert sorted(p.name for p in col.runs) == ["seed0", "seed1"] and set(col.table["seed"]) == {0, 1}
