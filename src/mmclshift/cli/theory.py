@@ -11,7 +11,6 @@ import argparse
 
 from mmclshift import experiments
 from mmclshift.cli.common import add_config_args, print_json_lines
-from mmclshift.config import load_config
 from mmclshift.report_text import format_table
 
 HELP = "closed-form ID/OOD accuracy predictions for a synthetic data-model config"
@@ -23,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = experiments.load_config(args.config, args.overrides)
     records = experiments.predict(cfg)
     if args.json:
         print_json_lines(records)

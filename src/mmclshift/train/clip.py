@@ -68,6 +68,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")) or 0)
     local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")) or 0)
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(f"config key 'train.device': {device} requested but CUDA is not available")
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -174,16 +176,31 @@ def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
     return [int(t.item()) for t in out]
 
 
+def _check_resume(state: dict, path: Path, method: str, identity: str | None) -> None:
+    """A checkpoint resumes only the run (config identity) and method that wrote it."""
+    missing = [k for k in ("model", "optimizer", "step", "epoch", "cursors") if k not in state]
+    if missing:
+        raise UserError(f"resume: {path} is not a training checkpoint (no {', '.join(missing)})")
+    if state.get("method") not in (None, method):
+        raise UserError(f"resume: {path} holds method {state['method']!r}, not {method!r}")
+    stored = state.get("identity")
+    if identity is not None and stored is not None and stored != identity:
+        raise UserError(f"resume: {path} was written by another config (identity {stored}, this "
+                        f"run {identity}); set train.resume=null to start afresh, or use --force")
+
+
 def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
           tokenizer: Callable[[list[str]], torch.Tensor] | None, settings: TrainSettings,
           run: RunDir, method: str, *, dist_info: DistInfo | None = None,
           resume: str | None = None, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, identity: str | None = None) -> TrainResult:
     """Train ``model`` for ``settings.steps`` optimizer steps; see the module docstring.
 
     ``resume`` is None, ``"latest"`` (this method's last checkpoint in ``run``, if any) or a
-    checkpoint path. ``stop_after`` ends the run after that many steps of *this call* (used to
-    simulate a killed job).
+    checkpoint path. ``identity`` (the run config's :func:`~mmclshift.runs.identity_hash`) is
+    stored in every checkpoint, and a checkpoint written under another identity is refused.
+    ``stop_after`` ends the run after that many steps of *this call* (used to simulate a killed
+    job).
     """
     d = dist_info or DistInfo()
     if settings.batch_size % d.world_size:
@@ -217,9 +234,17 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
             raise UserError(f"resume: checkpoint {resume} not found")
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path, map_location=d.device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        _check_resume(state, ckpt_path, method, identity)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else repr(exc)
+            raise UserError(f"resume: checkpoint {ckpt_path} does not fit this model "
+                            f"({first})") from None
         step, epoch = int(state["step"]), int(state["epoch"])
+        if d.is_main:
+            run.log_metrics({"event": "resume", "method": method, "step": step})
         cursors = [int(c) for c in state["cursors"]]
         if len(cursors) != d.world_size:
             raise UserError(f"resume: checkpoint {ckpt_path} was written by {len(cursors)} "
@@ -308,7 +333,8 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
             if d.is_main:
                 save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "step": step, "epoch": epoch, "cursors": cursors,
-                                 "skips": stream.skips.as_dict(), "method": method},
+                                 "skips": stream.skips.as_dict(), "method": method,
+                                 "identity": identity},
                                 run.checkpoint_dir / ckpt_name)
             if d.world_size > 1:
                 import torch.distributed as dist
