@@ -167,8 +167,16 @@ def test_group_over_seeds_and_writers(tmp_path):
     assert col.varying == ["data.pi_core"]
     g = group_over_seeds(col.table, col.varying)
     row = g[g["data.pi_core"] == 1.0].iloc[0]
-    assert row["mean"] == pytest.approx(0.7) and row["seeds"] == 3
+    assert row["mean"] == pytest.approx(0.7) and row["n_seeds"] == 3
     assert row["se"] == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1) / math.sqrt(3))
+    ref = stats.t.interval(0.95, 2, loc=0.7, scale=stats.sem([0.6, 0.7, 0.8]))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(ref, abs=1e-12)
+    single = g[g["data.pi_core"] == 0.5].iloc[0]  # one seed: no interval, never a zero-width one
+    assert single["n_seeds"] == 1 and math.isnan(single["ci_low"]) and math.isnan(single["se"])
+    # per run: the Clopper-Pearson interval of its counts
+    r = col.table[col.table["data.pi_core"] == 0.5].iloc[0]
+    cp = stats.binomtest(50, 100).proportion_ci(method="exact")
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((cp.low, cp.high), abs=1e-10)
     paths = write_tables(g, tmp_path / "out" / "t")
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"] and all(p.is_file() for p in paths)
     assert to_markdown(g).count("\n") == len(g) + 2
@@ -179,6 +187,12 @@ def test_collect_cli_and_missing_dir(tmp_path, capsys):
     _fake_run(tmp_path / "ok", seed=0, evals=[{"method": "sl", "split": "id", "accuracy": 0.5, "n": 10, "correct": 5}])
     assert main(["collect", str(tmp_path), "-o", str(tmp_path / "res")]) == 0
     assert (tmp_path / "res.csv").is_file()
+    # a dotted prefix keeps its tail: k9.3 -> k9.3.csv and k9.3_by_seed.csv, two distinct tables
+    assert main(["collect", str(tmp_path / "ok"), "-o", str(tmp_path / "k9.3"), "--by-seed"]) == 0
+    main_csv, by_seed_csv = tmp_path / "k9.3.csv", tmp_path / "k9.3_by_seed.csv"
+    assert main_csv.is_file() and by_seed_csv.is_file() and not (tmp_path / "k9.csv").exists()
+    assert "accuracy" in main_csv.read_text().splitlines()[0]
+    assert "n_seeds" in by_seed_csv.read_text().splitlines()[0]
     assert main(["collect", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
 
@@ -224,6 +238,11 @@ def test_report_is_self_contained(report_runs, tmp_path):
     assert not re.search(r"""(src|href)=["'](https?:|//)""", page)
     for text in ("Figure 2", "Figure 5", "Theory vs measurement", "Effective robustness", "What was run"):
         assert text in page
+    # findings first, inventory last; claims link to their figure; run paths are relative
+    order = [page.index(t) for t in ("Findings: the paper", "Figures and the claims", "What was run")]
+    assert order == sorted(order)
+    assert '<a href="#fig-theory">theory_matches_trained</a>' in page and 'id="fig-theory"' in page
+    assert str(report_runs) not in page and "300.0000" not in page
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {
         "figure2_ood_grid.png", "figure2_ood_grid.svg", "figure5_id_grid.png", "theory_vs_measured.svg"}
 

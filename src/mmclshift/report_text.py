@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 
-def _fmt(v: Any) -> str:
+
+def format_value(v: Any, digits: int = 4) -> str:
+    """One cell: ``-`` for missing (None, NaN), whole numbers >= 2 stored as floats without decimals
+    (a step count prints as ``300``, never ``300.0000``), other floats with ``digits`` decimals."""
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        if math.isnan(v):
+            return "-"
+        if math.isfinite(v) and v.is_integer() and abs(v) >= 2:
+            return str(int(v))
+        return f"{v:.{digits}f}"
     return str(v)
+
+
+_fmt = format_value
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,

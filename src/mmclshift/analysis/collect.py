@@ -1,5 +1,9 @@
 """Collect completed runs into one tidy table (one row per run x method x test set).
 
+Each row carries the run's test accuracy with its exact binomial (Clopper-Pearson) 95% interval
+(``ci_low``, ``ci_high``) when the run recorded its counts; :func:`group_over_seeds` aggregates
+over seeds (mean, standard error, t-interval, ``n_seeds``).
+
 Only runs with a ``done`` marker are read; the others are counted as failed (``error.txt``) or
 incomplete (still running, killed, or half-written) and reported, never read. For each
 (method, split) of a run the eval record with the largest ``step`` is kept (the last one when
@@ -18,7 +22,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mmclshift.analysis.stats import CONFIDENCE, clopper_pearson, t_interval
 from mmclshift.errors import UserError
+from mmclshift.report_text import format_value
 from mmclshift.runs import CONFIG_FILE, DONE_FILE, ENV_FILE, ERROR_FILE, read_metrics
 
 RECORD_KEYS = ("accuracy", "n", "correct", "theory", "population", "top5", "step")
@@ -113,38 +119,50 @@ def collect(paths: Sequence[str | Path]) -> Collected:
                 "seed": cfg.get("seed"), "method": r.get("method"), "split": r.get("split"),
             }
             row.update({k: r.get(k) for k in RECORD_KEYS})
+            row["ci_low"], row["ci_high"] = binomial_ci(r.get("correct"), r.get("n"))
             row.update({k: cfg.get(k) for k in varying})
             row["device"] = env.get("device")
             rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
-        table = pd.DataFrame(columns=["run", "kind", "name", "seed", "method", "split", *RECORD_KEYS])
+        table = pd.DataFrame(columns=["run", "kind", "name", "seed", "method", "split", *RECORD_KEYS,
+                                      "ci_low", "ci_high"])
     return Collected(table, runs, failed, incomplete, varying)
 
 
+def binomial_ci(correct: Any, n: Any) -> tuple[float | None, float | None]:
+    """Clopper-Pearson interval of ``correct`` out of ``n``; ``None`` without usable counts."""
+    if not (isinstance(correct, int | float) and isinstance(n, int | float)) or not 0 <= correct <= n or n <= 0:
+        return None, None
+    lo, hi = clopper_pearson(int(correct), int(n), confidence=CONFIDENCE)
+    return float(lo), float(hi)
+
+
+GROUP_COLUMNS = ("mean", "se", "ci_low", "ci_high", "n_seeds")
+
+
 def group_over_seeds(table: pd.DataFrame, extra_keys: Sequence[str] = ()) -> pd.DataFrame:
-    """Mean and standard error of accuracy over seeds for each (kind, method, split, config)."""
+    """Accuracy over seeds for each (kind, method, split, config): mean, standard error, the 95%
+    t-interval over seeds (``ci_low``, ``ci_high``; empty for a single seed) and ``n_seeds``."""
     if table.empty:
-        return table
+        return pd.DataFrame(columns=["kind", "method", "split", *GROUP_COLUMNS])
     keys = list(dict.fromkeys(k for k in ["kind", "method", "split", *extra_keys] if k in table.columns))
-    g = table.groupby(keys, dropna=False)["accuracy"]
-    out = g.agg(mean="mean", std="std", seeds="count").reset_index()
-    out["se"] = out["std"] / out["seeds"].pow(0.5)
-    if "theory" in table.columns:
-        theory = table.groupby(keys, dropna=False)["theory"].mean().reset_index(drop=True)
-        out["theory"] = theory.values
-    return out.drop(columns=["std"])
+    rows = []
+    for key, g in table.groupby(keys, dropna=False, sort=True):
+        iv = t_interval(g["accuracy"].astype(float).to_numpy())
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update({"mean": iv.mean, "se": iv.se, "ci_low": iv.low, "ci_high": iv.high, "n_seeds": iv.n})
+        if "theory" in g.columns and g["theory"].notna().any():
+            row["theory"] = float(g["theory"].astype(float).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- writers
 
 
 def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+    return format_value(v)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -174,11 +192,55 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def write_tables(table: pd.DataFrame, prefix: str | Path) -> list[Path]:
-    """Write ``prefix``.csv, .md and .tex; return the paths."""
+    """Write ``prefix``.csv, .md and .tex; return the paths.
+
+    The suffixes are appended to the whole prefix (``k9.3`` -> ``k9.3.csv``), never substituted
+    for a dotted tail of it.
+    """
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = [prefix.with_suffix(".csv"), prefix.with_suffix(".md"), prefix.with_suffix(".tex")]
+    paths = [prefix.parent / f"{prefix.name}{ext}" for ext in (".csv", ".md", ".tex")]
     table.to_csv(paths[0], index=False)
     paths[1].write_text(to_markdown(table))
     paths[2].write_text(to_latex(table))
     return paths
+
+
+# --------------------------------------------------------------------------- the Figure 2 grid
+
+GRID_KIND = "semisynthetic"  # the kind whose runs form the Figure 2 / 5 grid
+GRID_AXES = ("data.pi_core", "data.pi_spu")
+# config keys that differ between the runs of one grid by construction
+_GRID_FREE = {*GRID_AXES, "methods", "seed", "data_seed", "init_seed"}
+# columns of the collected table that are not config keys
+ROW_KEYS = {"run", "kind", "name", "seed", "method", "split", *RECORD_KEYS, "ci_low", "ci_high", "device"}
+
+
+def grid_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the Figure 2 grid: semi-synthetic MMCL runs over ``pi_core`` x ``pi_spu`` and the
+    SL runs trained like them.
+
+    Other semi-synthetic runs collected alongside (for example SL baselines of other training
+    lengths or data sizes, for the effective-robustness line) differ from the grid's MMCL runs in
+    some config key besides the grid axes, method and seed; they are left out. When MMCL runs of
+    several settings are present, the most common setting is the grid.
+    """
+    if table.empty or "kind" not in table.columns:
+        return table.iloc[0:0]
+    t = table[table["kind"] == GRID_KIND]
+    if t.empty:
+        return t
+    t = t.copy()
+    for axis in GRID_AXES:
+        if axis not in t.columns:  # the axis did not vary: every run has the config default
+            t[axis] = math.nan
+    mm = t[t["method"] == "mmcl"]
+    if mm.empty:
+        return t.iloc[0:0]
+    keys = [c for c in t.columns if c not in ROW_KEYS and c not in _GRID_FREE]
+    if not keys:
+        return t
+    sig = pd.Series([json.dumps(list(r), default=str) for r in t[keys].itertuples(index=False)],
+                    index=t.index)
+    common = sig[mm.index].value_counts().index[0]
+    return t[sig == common]

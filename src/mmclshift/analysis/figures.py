@@ -4,7 +4,8 @@ Every function takes the tidy table of :func:`mmclshift.analysis.collect.collect
 written paths, or ``[]`` when the table holds no data for that figure.
 
 * :func:`figure_2` / :func:`figure_5` -- MMCL's OOD / ID accuracy over the ``pi_core`` x ``pi_spu``
-  grid (semi-synthetic runs), with SL's accuracy as the reference in the title.
+  grid (semi-synthetic runs): a heatmap with each cell's 95% t-interval over seeds, and the
+  paper's form (accuracy against ``pi_core``, one line per ``pi_spu``, error bars; SL as a band).
 * :func:`figure_3` -- effective-robustness scatter: OOD vs ID accuracy on logit axes, one colour
   per method, the line fitted on the baseline method (SL) with its bootstrap band.
 * :func:`figure_theory` -- predicted vs measured accuracy of synthetic runs, with y = x.
@@ -21,12 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mmclshift.analysis.robustness import effective_robustness, transform  # noqa: E402
+from mmclshift.analysis.collect import GRID_AXES, grid_rows, group_over_seeds  # noqa: E402
+from mmclshift.analysis.robustness import clopper_pearson, effective_robustness, transform  # noqa: E402
 from mmclshift.errors import UserError  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False}
-GRID_KIND = "semisynthetic"  # the kind whose runs form the Figure 2 / 5 grid
 METHOD_COLOURS = {"mmcl": "#1f77b4", "clip": "#1f77b4", "sl": "#d62728",
                   "clip_no_intra": "#2ca02c", "supcon": "#9467bd"}
 
@@ -40,53 +41,103 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _grid_table(table: pd.DataFrame, split: str) -> tuple[pd.DataFrame, float | None]:
-    if table.empty or "data.pi_core" not in table.columns or "data.pi_spu" not in table.columns:
-        return pd.DataFrame(), None
-    if "kind" in table.columns:
-        table = table[table["kind"] == GRID_KIND]
-    t = table[(table["split"] == split)]
+def _grid_cells(table: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(MMCL cells: pi_core, pi_spu, mean, ci_low, ci_high, n_seeds; SL: one row of the same)."""
+    g = grid_rows(table)
+    empty = pd.DataFrame(), pd.DataFrame()
+    if g.empty:
+        return empty
+    t = g[g["split"] == split]
     mm = t[t["method"] == "mmcl"]
     if mm.empty or mm["data.pi_core"].isna().all():
-        return pd.DataFrame(), None
-    pivot = mm.pivot_table(index="data.pi_core", columns="data.pi_spu", values="accuracy", aggfunc="mean")
-    sl = t[t["method"] == "sl"]["accuracy"]
-    return pivot.sort_index(ascending=False), (float(sl.mean()) if len(sl) else None)
+        return empty
+    cells = group_over_seeds(mm, list(GRID_AXES))
+    sl = group_over_seeds(t[t["method"] == "sl"])
+    return cells, sl
 
 
-def _heatmap(pivot: pd.DataFrame, sl: float | None, title: str, out_dir: Path, stem: str) -> list[Path]:
+def _sl_text(sl: pd.DataFrame) -> str:
+    if sl.empty:
+        return ""
+    r = sl.iloc[0]
+    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if np.isfinite(r["ci_low"]) else ""
+    return f"; SL: {r['mean']:.2f}{ci}"
+
+
+def _heatmap(cells: pd.DataFrame, sl: pd.DataFrame, title: str, out_dir: Path, stem: str) -> list[Path]:
+    """MMCL accuracy per cell with its 95% interval over seeds written under the mean."""
+    pivot = cells.pivot_table(index="data.pi_core", columns="data.pi_spu", values="mean").sort_index(ascending=False)
+    lo = cells.pivot_table(index="data.pi_core", columns="data.pi_spu", values="ci_low", dropna=False)
+    hi = cells.pivot_table(index="data.pi_core", columns="data.pi_spu", values="ci_high", dropna=False)
+    n = int(cells["n_seeds"].min())
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        fig, ax = plt.subplots(figsize=(0.9 * pivot.shape[1] + 2.6, 0.6 * pivot.shape[0] + 1.8))
         im = ax.imshow(pivot.values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns])
         ax.set_yticks(range(pivot.shape[0]), [f"{v:g}" for v in pivot.index])
         ax.set_xlabel(r"$\pi_{spu}$ (P(spurious feature in caption))")
         ax.set_ylabel(r"$\pi_{core}$ (P(core feature in caption))")
         ax.grid(False)
-        for i in range(pivot.shape[0]):
-            for j in range(pivot.shape[1]):
-                v = pivot.values[i, j]
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center",
-                            color="white" if v < 0.6 else "black", fontsize=8)
-        ref = f"; SL: {sl:.2f}" if sl is not None else ""
-        ax.set_title(f"{title}{ref}")
+        for i, pc in enumerate(pivot.index):
+            for j, ps in enumerate(pivot.columns):
+                v = pivot.loc[pc, ps]
+                if not np.isfinite(v):
+                    continue
+                text = f"{v:.2f}"
+                a, b = lo.get(ps, {}).get(pc, np.nan), hi.get(ps, {}).get(pc, np.nan)
+                if np.isfinite(a) and np.isfinite(b):
+                    text += f"\n[{a:.2f},{b:.2f}]"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                        color="white" if v < 0.6 else "black")
+        ax.set_title(f"{title}{_sl_text(sl)}\n(mean over {n} seed(s); 95% t-interval)", fontsize=8)
         fig.colorbar(im, ax=ax, label="MMCL accuracy")
         return _save(fig, out_dir, stem)
 
 
+def _lines(cells: pd.DataFrame, sl: pd.DataFrame, title: str, ylabel: str, out_dir: Path, stem: str) -> list[Path]:
+    """The paper's form of Figure 2: MMCL accuracy against pi_core, one line per pi_spu, with
+    95% error bars over seeds; SL as a horizontal band (its 95% interval)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 3.6))
+        if not sl.empty:
+            r = sl.iloc[0]
+            if np.isfinite(r["ci_low"]):
+                ax.axhspan(r["ci_low"], r["ci_high"], color=METHOD_COLOURS["sl"], alpha=0.18, lw=0)
+            ax.axhline(r["mean"], color=METHOD_COLOURS["sl"], lw=1.2, label=f"SL ({int(r['n_seeds'])} seeds)")
+        spus = sorted(cells["data.pi_spu"].unique())
+        cmap = plt.get_cmap("viridis")
+        for k, ps in enumerate(spus):
+            c = cells[cells["data.pi_spu"] == ps].sort_values("data.pi_core")
+            lo = (c["mean"] - c["ci_low"]).fillna(0).clip(lower=0)
+            hi = (c["ci_high"] - c["mean"]).fillna(0).clip(lower=0)
+            ax.errorbar(c["data.pi_core"], c["mean"], yerr=[lo, hi], marker="o", ms=3.5, capsize=2.5,
+                        lw=1.2, color=cmap(k / max(len(spus) - 1, 1) * 0.9),
+                        label=rf"MMCL, $\pi_{{spu}}$={ps:g}")
+        ax.set_xlabel(r"$\pi_{core}$ (P(core feature in caption))")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}\n(mean over {int(cells['n_seeds'].min())} seed(s); bars: 95% t-interval)",
+                     fontsize=8)
+        ax.legend(fontsize=6.5, loc="best")
+        return _save(fig, out_dir, stem)
+
+
 def figure_2(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    pivot, sl = _grid_table(table, "ood")
-    if pivot.empty:
+    cells, sl = _grid_cells(table, "ood")
+    if cells.empty:
         return []
-    return _heatmap(pivot, sl, "Fig. 2: MMCL OOD accuracy", Path(out_dir), "figure2_ood_grid")
+    return (_heatmap(cells, sl, "Fig. 2: MMCL OOD accuracy", Path(out_dir), "figure2_ood_grid")
+            + _lines(cells, sl, "Fig. 2: OOD accuracy vs caption richness", "OOD accuracy",
+                     Path(out_dir), "figure2_ood_lines"))
 
 
 def figure_5(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    pivot, sl = _grid_table(table, "id")
-    if pivot.empty:
+    cells, sl = _grid_cells(table, "id")
+    if cells.empty:
         return []
-    return _heatmap(pivot, sl, "Fig. 5: MMCL ID accuracy", Path(out_dir), "figure5_id_grid")
+    return (_heatmap(cells, sl, "Fig. 5: MMCL ID accuracy", Path(out_dir), "figure5_id_grid")
+            + _lines(cells, sl, "Fig. 5: ID accuracy vs caption richness", "ID accuracy",
+                     Path(out_dir), "figure5_id_lines"))
 
 
 def er_points(table: pd.DataFrame, id_split: str, ood_split: str) -> pd.DataFrame:
@@ -97,6 +148,11 @@ def er_points(table: pd.DataFrame, id_split: str, ood_split: str) -> pd.DataFram
     a = table[table["split"] == id_split][keys + ["accuracy", "correct", "n"]]
     b = table[table["split"] == ood_split][keys + ["accuracy", "correct", "n"]]
     return a.merge(b, on=keys, suffixes=("_id", "_ood"))
+
+
+def _has_counts(g: pd.DataFrame) -> bool:
+    cols = ["correct_id", "n_id", "correct_ood", "n_ood"]
+    return all(c in g.columns for c in cols) and bool(g[cols].notna().all().all())
 
 
 def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
@@ -117,14 +173,19 @@ def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
                         label=f"{baseline} fit, 95% bootstrap band")
         ax.plot(tx(er.band_x), tx(er.fit.predict(er.band_x)), color="grey")
         for method, g in pts.groupby("method"):
-            ax.scatter(tx(g["accuracy_id"]), tx(g["accuracy_ood"]), s=22,
-                       color=METHOD_COLOURS.get(str(method)), label=str(method), zorder=3)
+            x, y = tx(g["accuracy_id"]), tx(g["accuracy_ood"])
+            if _has_counts(g):  # Clopper-Pearson 95% interval of each point, both axes
+                xl, xh = (tx(v) for v in clopper_pearson(g["correct_id"].astype(int), g["n_id"].astype(int)))
+                yl, yh = (tx(v) for v in clopper_pearson(g["correct_ood"].astype(int), g["n_ood"].astype(int)))
+                ax.errorbar(x, y, xerr=[x - xl, xh - x], yerr=[y - yl, yh - y], fmt="none", lw=0.6,
+                            color=METHOD_COLOURS.get(str(method)), alpha=0.5, zorder=2)
+            ax.scatter(x, y, s=22, color=METHOD_COLOURS.get(str(method)), label=str(method), zorder=3)
         ticks = np.array([0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99])
         ax.set_xticks(tx(ticks), [f"{t:g}" for t in ticks])
         ax.set_yticks(tx(ticks), [f"{t:g}" for t in ticks])
         ax.set_xlabel(f"ID accuracy ({id_split}, logit scale)")
         ax.set_ylabel(f"OOD accuracy ({ood_split}, logit scale)")
-        ax.set_title(title)
+        ax.set_title(f"{title}\n(bars: 95% Clopper-Pearson per run)", fontsize=8)
         ax.legend(fontsize=7)
         return _save(fig, Path(out_dir), stem)
 

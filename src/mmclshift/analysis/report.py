@@ -1,5 +1,10 @@
-"""One self-contained HTML report of a set of runs: what was run, the paper's figures beside the
-claims they test, the tables, theory vs measurement, and effective robustness.
+"""One self-contained HTML report of a set of runs. Findings first: the paper's claims with their
+statistic, 95% interval over seeds and verdict (:mod:`mmclshift.analysis.claims`), each linking
+to its figure; then the figures beside the claims they test; theory vs measurement; effective
+robustness with intervals; the result tables; and last the inventory of runs and configs.
+
+The page is a list of section builders (:data:`SECTIONS`), each a function of a
+:class:`ReportContext` returning HTML, so a section can be added without touching the others.
 
 Figures are embedded as base64 PNG data URIs and the style is inline, so the file opens anywhere
 without a network.
@@ -11,17 +16,22 @@ import base64
 import datetime as _dt
 import html
 import json
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from mmclshift.analysis.collect import Collected, collect, group_over_seeds
+from mmclshift.analysis.claims import ClaimResult, error_line, evaluate_claims, format_interval
+from mmclshift.analysis.collect import ROW_KEYS, Collected, binomial_ci, collect, group_over_seeds
 from mmclshift.analysis.figures import all_figures, er_points
 from mmclshift.analysis.robustness import effective_robustness
+from mmclshift.analysis.stats import t_interval
 from mmclshift.errors import UserError
+from mmclshift.report_text import format_value
 from mmclshift.runs import ENV_FILE, atomic_write_text
 
 #: flag a measured accuracy this many binomial standard errors (of its test set) from the theory
@@ -52,7 +62,8 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}th{background:#f3f3f3}
 .fig{display:flex;gap:1.5em;align-items:flex-start;margin:1em 0;flex-wrap:wrap}
 .fig img{max-width:520px;border:1px solid #eee}.claim{max-width:420px}
-.flag{background:#ffe0e0}.ok{background:#e6f6e6}pre{background:#f7f7f7;padding:.6em;font-size:.8em;
+.flag{background:#ffe0e0}.ok{background:#e6f6e6}.v-holds td{background:#e6f6e6}
+.v-fails td{background:#ffe0e0}.v-inconclusive td{background:#fff6d6}pre{background:#f7f7f7;padding:.6em;font-size:.8em;
 overflow-x:auto}.muted{color:#777}
 """
 
@@ -65,7 +76,7 @@ def _img(path: Path) -> str:
 def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return '<p class="muted">no rows</p>'
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-", border=0)
+    return df.to_html(index=False, float_format=format_value, na_rep="-", border=0)
 
 
 def theory_deviations(table: pd.DataFrame) -> pd.DataFrame:
@@ -106,6 +117,10 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
                 pairs.append((id_split, s))
     for id_split, ood_split in pairs:
         pts = er_points(table, id_split, ood_split)
+        extra = [k for k in ("seed", *_config_keys(table)) if k in table.columns]
+        if not pts.empty and extra:
+            pts = pts.merge(table[["run", "method", *extra]].drop_duplicates(["run", "method"]),
+                            on=["run", "method"], how="left")
         if pts.empty or (pts["method"] == "sl").sum() < 2:
             continue
         try:
@@ -114,14 +129,164 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
         except UserError:  # degenerate baseline (e.g. equal ID accuracies): no line
             continue
         for (_, p), pred, e in zip(pts.iterrows(), er.predicted, er.er, strict=True):
+            lo, hi = binomial_ci(p.get("correct_ood"), p.get("n_ood"))
             rows.append({"kind": kind, "id": id_split, "ood": ood_split, "run": Path(p["run"]).name,
                          "method": p["method"], "id_acc": p["accuracy_id"],
                          "ood_acc": p["accuracy_ood"], "predicted_ood": float(pred),
-                         "effective_robustness": float(e)})
+                         "effective_robustness": float(e),
+                         # the run's OOD Clopper-Pearson interval, shifted by the line's prediction
+                         "er_ci_low": None if lo is None else lo - float(pred),
+                         "er_ci_high": None if hi is None else hi - float(pred),
+                         **{k: p[k] for k in ("seed", *_config_keys(table)) if k in p}})
     return pd.DataFrame(rows)
 
 
-def _runs_section(col: Collected) -> str:
+def _config_keys(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in ROW_KEYS]
+
+
+def er_summary(er: pd.DataFrame) -> pd.DataFrame:
+    """Effective robustness over seeds per (kind, OOD set, method, config): mean, standard error,
+    95% t-interval and ``n_seeds``."""
+    if er.empty:
+        return er
+    fixed = {"kind", "id", "ood", "run", "method", "id_acc", "ood_acc", "predicted_ood",
+             "effective_robustness", "er_ci_low", "er_ci_high", "seed"}
+    keys = ["kind", "id", "ood", "method"] + [c for c in er.columns if c not in fixed and er[c].nunique(dropna=False) > 1]
+    rows = []
+    for key, g in er.groupby(keys, dropna=False, sort=True):
+        iv = t_interval(g["effective_robustness"].astype(float).to_numpy())
+        rows.append({**dict(zip(keys, key, strict=True)), "er_mean": iv.mean, "se": iv.se,
+                     "ci_low": iv.low, "ci_high": iv.high, "n_seeds": iv.n})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class ReportContext:
+    """What every section builder sees: the collected runs, the figures written, the claims."""
+
+    col: Collected
+    figures: dict[str, list[Path]]
+    claims: list[ClaimResult]
+    claim_errors: list[tuple[str, str]]
+    root: Path | None = None  # run paths are shown relative to this folder when given
+
+    def rel(self, path: Path | str) -> str:
+        if self.root is None:
+            return str(path)
+        try:
+            return os.path.relpath(Path(path).resolve(), self.root.resolve())
+        except ValueError:
+            return str(path)
+
+    def anchor(self, figure: str) -> str | None:
+        """The id of the first figure block of ``figure`` (a figure name, kind suffix ignored)."""
+        for key in self.figures:
+            if key.partition(":")[0] == figure:
+                return _anchor(key)
+        return None
+
+
+def _anchor(key: str) -> str:
+    return "fig-" + key.replace(":", "-").replace("_", "-")
+
+
+def _claims_section(ctx: ReportContext) -> str:
+    if not ctx.claims and not ctx.claim_errors:
+        return ""
+    rows = []
+    for r in ctx.claims:
+        a = ctx.anchor(r.figure)
+        name = f'<a href="#{a}">{html.escape(r.claim)}</a>' if a else html.escape(r.claim)
+        sign = ">" if r.direction == "above" else "<"
+        rows.append(
+            f"<tr class='v-{r.verdict}'><td>{name}</td><td>{html.escape(r.paper)}</td>"
+            f"<td>{html.escape(r.description)}<br><span class='muted'>{html.escape(r.note)}</span></td>"
+            f"<td>{r.statistic:+.3f}</td><td>{html.escape(format_interval(r))}</td>"
+            f"<td>{sign} {r.threshold:g}</td><td>{r.n_seeds}</td><td><b>{r.verdict}</b></td></tr>")
+    counts = {v: sum(r.verdict == v for r in ctx.claims) for v in ("holds", "fails", "inconclusive")}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+    body = ("<h2 id='claims'>Findings: the paper's claims, measured</h2>"
+            f"<p>{len(ctx.claims)} claim(s) computed: {summary}. Statistic: mean over seeds of a "
+            "per-seed value; interval: 95% Student-t over seeds. A claim <b>holds</b> when the whole "
+            "interval is on the claimed side of its threshold, <b>fails</b> when it is wholly on the "
+            "other side, and is <b>inconclusive</b> when it straddles the threshold.</p>")
+    if rows:
+        body += ("<table><tr><th>claim</th><th>paper</th><th>statistic computed</th><th>value</th>"
+                 "<th>95% CI</th><th>holds if</th><th>n_seeds</th><th>verdict</th></tr>"
+                 + "".join(rows) + "</table>")
+    if ctx.claim_errors:
+        body += ("<p>Not computed:</p><ul>" + "".join(
+            f"<li>{html.escape(error_line(n, why))}</li>" for n, why in ctx.claim_errors) + "</ul>")
+    return body
+
+
+def _figures_section(ctx: ReportContext) -> str:
+    parts = ["<h2>Figures and the claims they test</h2>"]
+    if not ctx.figures:
+        parts.append('<p class="muted">The collected runs hold no data for the paper\'s figures.</p>')
+    by_figure: dict[str, list[ClaimResult]] = {}
+    for r in ctx.claims:
+        by_figure.setdefault(r.figure, []).append(r)
+    seen: set[str] = set()
+    for key, paths in ctx.figures.items():
+        base, _, kind = key.partition(":")
+        title, claim = CLAIMS.get(base, (base, ""))
+        title = f"{title} [{kind}]" if kind else title
+        pngs = [p for p in paths if p.suffix == ".png"]
+        verdicts = "" if base in seen else "".join(
+            f"<li>{html.escape(r.claim)}: {r.statistic:+.3f} {html.escape(format_interval(r))} "
+            f"-> <b>{r.verdict}</b></li>" for r in by_figure.get(base, []))
+        seen.add(base)
+        parts.append(f'<div class="fig" id="{_anchor(key)}">{"".join(_img(p) for p in pngs)}'
+                     f'<div class="claim"><h3>{html.escape(title)}</h3>'
+                     f"<p>Paper: {html.escape(claim)}</p>"
+                     + (f"<p>Measured:</p><ul>{verdicts}</ul>" if verdicts else "") + "</div></div>")
+    shown = {k.partition(":")[0] for k in ctx.figures}
+    missing = [CLAIMS[k][0] for k in CLAIMS if k not in shown]
+    if missing:
+        parts.append('<p class="muted">Not shown (no runs with the data): '
+                     + html.escape("; ".join(missing)) + ".</p>")
+    return "".join(parts)
+
+
+def _theory_section(ctx: ReportContext) -> str:
+    dev = theory_deviations(ctx.col.table)
+    if dev.empty:
+        return ""
+    n_flag = int(dev["flagged"].sum())
+    body = _table_html(dev)
+    return ("<h2>Theory vs measurement</h2>"
+            f"<p>A row is flagged when the measured test accuracy is more than {DEVIATION_SE:g} "
+            "binomial standard errors of its test set (sqrt(a(1-a)/n) at the predicted a) from the "
+            f"closed-form prediction. {n_flag} of {len(dev)} rows flagged.</p>"
+            + body.replace("<td>True</td>", '<td class="flag">True</td>')
+            .replace("<td>False</td>", '<td class="ok">False</td>'))
+
+
+def _er_section(ctx: ReportContext) -> str:
+    er = er_table(ctx.col.table)
+    if er.empty:
+        return ""
+    return ("<h2>Effective robustness</h2><p>Observed OOD accuracy minus the OOD accuracy "
+            "predicted at the same ID accuracy by the line fitted (logit axes) to the SL models. "
+            "Over seeds: mean, standard error and 95% t-interval per method and configuration.</p>"
+            + _table_html(er_summary(er))
+            + "<p>Per run (interval: the run's OOD Clopper-Pearson 95% interval minus the line's "
+              "prediction):</p>" + _table_html(er))
+
+
+def _results_section(ctx: ReportContext) -> str:
+    col = ctx.col
+    grouped = group_over_seeds(col.table, [k for k in col.varying if k in col.table.columns])
+    table = col.table.assign(run=[ctx.rel(r) for r in col.table["run"]]) if not col.table.empty else col.table
+    return ("<h2>Results over seeds (mean, standard error, 95% t-interval)</h2>" + _table_html(grouped)
+            + "<h2>All results (per run; ci: 95% Clopper-Pearson of the test accuracy)</h2>"
+            + _table_html(table))
+
+
+def _runs_section(ctx: ReportContext) -> str:
+    col = ctx.col
     rows, details = [], []
     hardware = set()
     for run in col.runs:
@@ -129,84 +294,65 @@ def _runs_section(col: Collected) -> str:
         cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
         hardware.add(f"{env.get('platform', '?')}; {env.get('cpu_count', '?')} CPUs"
                      + (f"; GPU {env['gpu']}" if env.get("gpu") else ""))
-        rows.append({"run": str(run), "kind": cfg.get("kind"), "seed": cfg.get("seed"),
+        rows.append({"run": ctx.rel(run), "kind": cfg.get("kind"), "seed": cfg.get("seed"),
                      "device": env.get("device"), "mmclshift": env.get("mmclshift"),
                      "torch": env.get("torch"), "git": (env.get("git_revision") or "-")[:10],
                      "started": env.get("started")})
-        details.append(f"<details><summary>{html.escape(str(run))}</summary><pre>"
+        details.append(f"<details><summary>{html.escape(ctx.rel(run))}</summary><pre>"
                        f"{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre></details>")
     skipped = ""
     if col.failed or col.incomplete:
+        n = len(col.failed) + len(col.incomplete)
         skipped = (f"<p>Skipped {len(col.failed)} failed and {len(col.incomplete)} incomplete run "
-                   f"director{'y' if len(col.failed) + len(col.incomplete) == 1 else 'ies'}: "
-                   + html.escape(", ".join(str(p) for p in col.failed + col.incomplete)) + "</p>")
+                   f"director{'y' if n == 1 else 'ies'}: "
+                   + html.escape(", ".join(ctx.rel(p) for p in col.failed + col.incomplete)) + "</p>")
     hw = "".join(f"<li>{html.escape(h)}</li>" for h in sorted(hardware))
     return (f"<h2>What was run</h2><p>{html.escape(col.summary())}.</p>{skipped}"
             f"<p>Hardware:</p><ul>{hw}</ul>{_table_html(pd.DataFrame(rows))}"
             f"<p>Resolved configs:</p>{''.join(details)}")
 
 
-def build_report(col: Collected, fig_dir: Path) -> str:
+SectionBuilder = Callable[[ReportContext], str]
+#: the report's sections in order: findings first, the inventory of runs and configs last.
+#: Other modules may insert their own builders (each returns HTML, or "" to be left out).
+SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _theory_section, _er_section,
+                                  _results_section, _runs_section]
+
+
+def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
+                 claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None,
+                 sections: Sequence[SectionBuilder] | None = None) -> str:
     figs = all_figures(col.table, fig_dir)
+    results, errors = claims if claims is not None else evaluate_claims(col.table, relative_to=root)
+    ctx = ReportContext(col, figs, results, errors, root)
     parts = [f"<h1>mmclshift report</h1><p class='muted'>generated "
-             f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>", _runs_section(col)]
-    parts.append("<h2>Figures and the claims they test</h2>")
-    if not figs:
-        parts.append('<p class="muted">The collected runs hold no data for the paper\'s figures.</p>')
-    for key, paths in figs.items():
-        base, _, kind = key.partition(":")
-        title, claim = CLAIMS.get(base, (base, ""))
-        title = f"{title} [{kind}]" if kind else title
-        png = next(p for p in paths if p.suffix == ".png")
-        parts.append(f'<div class="fig">{_img(png)}<div class="claim"><h3>{html.escape(title)}</h3>'
-                     f"<p>Paper: {html.escape(claim)}</p></div></div>")
-    shown = {k.partition(":")[0] for k in figs}
-    missing = [CLAIMS[k][0] for k in CLAIMS if k not in shown]
-    if missing:
-        parts.append('<p class="muted">Not shown (no runs with the data): '
-                     + html.escape("; ".join(missing)) + ".</p>")
-
-    dev = theory_deviations(col.table)
-    if not dev.empty:
-        n_flag = int(dev["flagged"].sum())
-        parts.append(
-            "<h2>Theory vs measurement</h2>"
-            f"<p>A row is flagged when the measured test accuracy is more than {DEVIATION_SE:g} "
-            "binomial standard errors of its test set (sqrt(a(1-a)/n) at the predicted a) from the "
-            f"closed-form prediction. {n_flag} of {len(dev)} rows flagged.</p>")
-        body = dev.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-", border=0)
-        parts.append(body.replace("<td>True</td>", '<td class="flag">True</td>')
-                     .replace("<td>False</td>", '<td class="ok">False</td>'))
-
-    er = er_table(col.table)
-    if not er.empty:
-        parts.append("<h2>Effective robustness</h2><p>Observed OOD accuracy minus the OOD accuracy "
-                     "predicted at the same ID accuracy by the line fitted (logit axes) to the SL "
-                     "models.</p>" + _table_html(er))
-    grouped = group_over_seeds(col.table, [k for k in col.varying if k in col.table.columns])
-    parts.append("<h2>Results (mean and standard error over seeds)</h2>" + _table_html(grouped))
-    parts.append("<h2>All results</h2>" + _table_html(col.table.drop(columns=["run"], errors="ignore")))
+             f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>"]
+    parts += [b(ctx) for b in (SECTIONS if sections is None else sections)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmclshift report"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, *,
-                 figures_dir: str | Path | None = None) -> Path:
+                 figures_dir: str | Path | None = None, relative_paths: bool = True,
+                 claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None) -> Path:
     """Collect ``run_dirs`` and write the self-contained report to ``out_html``.
 
-    Figures (PNG and SVG) are also kept in ``figures_dir`` when given.
+    Figures (PNG and SVG) are also kept in ``figures_dir`` when given. Run directories are shown
+    relative to the report's folder (``relative_paths``). ``claims`` (results, errors) skips
+    recomputing them when the caller already has them.
     """
     col = collect(run_dirs)
     out = Path(out_html)
+    root = out.parent if relative_paths else None
     if figures_dir is not None:
-        page = build_report(col, Path(figures_dir))
+        page = build_report(col, Path(figures_dir), root=root, claims=claims)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            page = build_report(col, Path(tmp))
+            page = build_report(col, Path(tmp), root=root, claims=claims)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out
 
 
-__all__ = ["CLAIMS", "DEVIATION_SE", "build_report", "er_table", "theory_deviations",
-           "write_report"]
+__all__ = ["CLAIMS", "DEVIATION_SE", "SECTIONS", "ReportContext", "build_report", "er_summary",
+           "er_table", "theory_deviations", "write_report"]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import collect, demo, grid, report, robustness, sweep, theory, train
+from mmclshift.cli import claims, collect, demo, grid, report, robustness, sweep, theory, train
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -28,6 +28,7 @@ COMMANDS: dict[str, ModuleType] = {
     "collect": collect,
     "robustness": robustness,
     "report": report,
+    "claims": claims,
     "sweep": sweep,
 }
 

@@ -9,6 +9,7 @@ Example:
   mmclshift train configs/data_model_1.yaml seed=3 --out runs/dm1-seed3
   mmclshift train configs/data_model_2.yaml data.pi_core=0.5 --json
   mmclshift train configs/fig3a_mscoco.yaml --smoke train.steps=4
+  mmclshift train configs/data_model_1.yaml --seeds 0 1 2 --out runs/dm1   # runs/dm1/seed0, ...
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from mmclshift import experiments
 from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
-from mmclshift.config import apply_overrides, build_config, to_dict
+from mmclshift.config import apply_overrides, build_config, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
 from mmclshift.runs import check_run_dir, config_hash
@@ -33,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: runs/<name>-<config hash>)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run once per seed, into OUT/seed<N> (seed overrides the config's)")
     parser.add_argument("--smoke", action="store_true",
                         help="run on small built-in fixtures (kinds with a smoke path, e.g. clip_real);"
                         " your key=value overrides still win over the config's smoke settings")
@@ -56,11 +59,16 @@ def run(args: argparse.Namespace) -> int:
         # refuse (or move aside) another config's run before the fixtures are written into it
         check_run_dir(out, small, force=args.force)
         cfg = smoke(cfg, out, args.overrides, build=True)
-    records = experiments.run(cfg, out, force=args.force,
-                              progress=not args.no_progress and not args.json)
-    if args.json:
-        print_json_lines(records)
-    else:
-        cols = ["method", "split", "accuracy", "n", "theory"]
-        print(format_table(records, cols, title=f"{cfg.name} -> {out}"))
+    runs = [(cfg, out)] if args.seeds is None else [
+        (replace(cfg, seed=s), out / f"seed{s}") for s in dict.fromkeys(args.seeds)]
+    for run_cfg, run_out in runs:
+        records = experiments.run(run_cfg, run_out, force=args.force,
+                                  progress=not args.no_progress and not args.json)
+        if args.json:
+            print_json_lines(records)
+        else:
+            cols = ["method", "split", "accuracy", "n", "theory"]
+            title = f"{run_cfg.name} -> {run_out}" if args.seeds is None else \
+                f"{run_cfg.name} (seed {run_cfg.seed}) -> {run_out}"
+            print(format_table(records, cols, title=title))
     return 0

@@ -49,6 +49,7 @@ from mmclshift.train.images import (
 )
 
 METHODS = ("mmcl", "sl")
+FIGURE2_AXIS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the pi_core and pi_spu values of the demo's grid
 TEST_SPLITS = tuple(s for s in SPLIT_KINDS if s != "train")
 
 
@@ -214,15 +215,15 @@ def finish_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, data: dic
 def demo_config() -> SemiSyntheticExperiment:
     """The smoke-scale Figure 2 grid on the embedded digits (= configs/fig2_smoke.yaml).
 
-    3 x 3 cells over pi_core, pi_spu in {0, 0.5, 1}, one seed, 300 steps per model on 14x14 inputs,
-    one CPU thread: ``run_grid(demo_config(), out)`` is what ``make demo`` runs for this tier.
+    5 x 5 cells over pi_core, pi_spu in {0, 0.25, 0.5, 0.75, 1}, seeds 0, 1, 2, 300 steps per model
+    on 14x14 inputs, one CPU thread: the grid ``make demo`` runs for this tier.
     """
     return SemiSyntheticExperiment(
         name="fig2-smoke", splits=list(TEST_SPLITS), threads=1, save_checkpoints=False,
         data=SemiSyntheticDataConfig(spurious_strength=0.9, pi_core=1.0, pi_spu=1.0),
         model=ModelConfig(image_size=14, cnn_width=16, embed_dim=64),
         train=TrainConfig(steps=300, batch_size=128, lr=0.002),
-        grid=GridConfig(pi_core=[0.0, 0.5, 1.0], pi_spu=[0.0, 0.5, 1.0], seeds=[0]),
+        grid=GridConfig(pi_core=list(FIGURE2_AXIS), pi_spu=list(FIGURE2_AXIS), seeds=[0, 1, 2]),
     )
 
 

@@ -1,0 +1,237 @@
+"""Intervals, verdicts and the claims registry, on hand-built runs with hand-computed answers."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from mmclshift.analysis.claims import CLAIMS, evaluate_claim, evaluate_claims
+from mmclshift.analysis.collect import collect, grid_rows
+from mmclshift.analysis.robustness import fit_line
+from mmclshift.analysis.stats import t_interval, verdict
+from mmclshift.cli import main
+from mmclshift.errors import UserError
+from mmclshift.report_text import format_table, format_value
+from mmclshift.runs import RunDir
+
+# --------------------------------------------------------------------------- intervals
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=12),
+       st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_t_interval_matches_scipy(values, confidence):
+    iv = t_interval(values, confidence)
+    x = np.array(values)
+    assert iv.mean == pytest.approx(x.mean(), abs=1e-12) and iv.n == len(x)
+    assert iv.se == pytest.approx(stats.sem(x), abs=1e-12)
+    if stats.sem(x) > 0:
+        lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+        assert (iv.low, iv.high) == pytest.approx((lo, hi), abs=1e-9)
+    else:
+        assert iv.low == pytest.approx(iv.high)
+
+
+def test_t_interval_hand_computed_and_single_seed():
+    # values 1, 2, 3: mean 2, sd 1, se 1/sqrt(3), t_{0.975, 2} = 4.302653
+    iv = t_interval([1.0, 2.0, 3.0])
+    assert iv.mean == 2.0 and iv.se == pytest.approx(1 / math.sqrt(3))
+    assert iv.high - 2.0 == pytest.approx(4.302653 / math.sqrt(3), abs=1e-6)
+    one = t_interval([0.4])
+    assert one.n == 1 and math.isnan(one.low) and math.isnan(one.high) and math.isnan(one.se)
+    with pytest.raises(UserError, match="no values"):
+        t_interval([])
+
+
+@pytest.mark.parametrize("low, high, threshold, direction, want", [
+    (0.01, 0.20, 0.0, "above", "holds"),
+    (-0.01, 0.20, 0.0, "above", "inconclusive"),  # straddles
+    (0.0, 0.20, 0.0, "above", "inconclusive"),  # touches the threshold: not strictly above
+    (-0.30, -0.01, 0.0, "above", "fails"),
+    (0.02, 0.08, 0.10, "below", "holds"),
+    (0.05, 0.15, 0.10, "below", "inconclusive"),
+    (0.11, 0.40, 0.10, "below", "fails"),
+    (math.nan, math.nan, 0.0, "above", "inconclusive"),  # one seed: no interval
+])
+def test_verdict_hand_computed(low, high, threshold, direction, want):
+    assert verdict(low, high, threshold, direction) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-1, 1), st.floats(0, 1), st.floats(-1, 1), st.sampled_from(["above", "below"]))
+def test_a_straddling_interval_is_never_holds(low, width, threshold, direction):
+    high = low + width
+    v = verdict(low, high, threshold, direction)
+    if low <= threshold <= high:
+        assert v == "inconclusive"
+    else:
+        assert v in ("holds", "fails")
+
+
+def test_values_print_without_spurious_decimals():
+    assert format_value(300.0) == "300" and format_value(0.5) == "0.5000" and format_value(float("nan")) == "-"
+    assert "300.0000" not in format_table([{"step": 300.0, "accuracy": 0.25}], ["step", "accuracy"])
+
+
+# --------------------------------------------------------------------------- hand-built runs
+
+SEEDS = (0, 1, 2)
+PI_CORE = (0.0, 0.5, 1.0)
+PI_SPU = (0.0, 1.0)
+SL_OOD = {0: 0.50, 1: 0.52, 2: 0.48}
+SL_ID = {0: 0.95, 1: 0.94, 2: 0.96}
+
+
+def mmcl_ood(pc, ps, seed):
+    # pi_core drives accuracy; at pi_core = 0.5 pi_spu costs 0.2 (+ seed jitter), at 1 it costs 0.02
+    return round(0.1 + 0.6 * pc - (0.2 if pc == 0.5 else 0.02 * pc) * ps + 0.01 * seed, 4)
+
+
+def mmcl_id(pc, ps, seed):
+    return round(0.1 + 0.85 * pc - 0.01 * ps + 0.005 * seed, 4)
+
+
+def _run(path, cfg, evals):
+    run = RunDir.create(path, {"kind": "semisynthetic", **cfg})
+    for method, split, acc in evals:
+        n = 1000
+        run.log_metrics({"event": "eval", "method": method, "split": split, "accuracy": acc, "n": n,
+                         "correct": int(round(acc * n)), "step": cfg.get("train", {}).get("steps", 300)})
+    run.mark_done()
+
+
+def build_grid(root, *, with_sl=True, baselines=True):
+    for s in SEEDS:
+        for pc in PI_CORE:
+            for ps in PI_SPU:
+                _run(root / f"mmcl-core{pc:g}-spu{ps:g}-seed{s}",
+                     {"seed": s, "methods": ["mmcl"], "data": {"pi_core": pc, "pi_spu": ps}, "train": {"steps": 300}},
+                     [("mmcl", "ood", mmcl_ood(pc, ps, s)), ("mmcl", "id", mmcl_id(pc, ps, s))])
+        if with_sl:
+            _run(root / f"sl-seed{s}", {"seed": s, "methods": ["sl"], "data": {"pi_core": 1.0, "pi_spu": 1.0},
+                                        "train": {"steps": 300}},
+                 [("sl", "ood", SL_OOD[s]), ("sl", "id", SL_ID[s])])
+    if baselines:  # weaker SL models (shorter training): on the ER line, outside the grid
+        for steps, (id_acc, ood_acc) in {20: (0.60, 0.25), 60: (0.80, 0.35)}.items():
+            _run(root / f"sl-baseline-steps{steps}", {"seed": 0, "methods": ["sl"], "data": {"pi_core": 1.0, "pi_spu": 1.0},
+                                                       "train": {"steps": steps}},
+                 [("sl", "ood", ood_acc), ("sl", "id", id_acc)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    return build_grid(tmp_path_factory.mktemp("grid"))
+
+
+def _t(values):
+    x = np.array(values, dtype=float)
+    return x.mean(), stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+
+
+def test_grid_rows_leave_out_baselines(grid):
+    g = grid_rows(collect([grid]).table)
+    assert set(g[g["method"] == "sl"]["run"].map(lambda r: r.split("/")[-1])) == {"sl-seed0", "sl-seed1", "sl-seed2"}
+    assert (g["method"] == "mmcl").sum() == len(SEEDS) * len(PI_CORE) * len(PI_SPU) * 2  # id and ood rows
+
+
+def test_claims_on_hand_built_grid(grid, tmp_path):
+    table = collect([grid]).table
+    res = {r.claim: r for r in evaluate_claims(table, relative_to=grid)[0]}
+
+    # mmcl_beats_sl_ood: per seed, mean over pi_spu of MMCL OOD at pi_core = 1, minus SL OOD
+    per = [np.mean([mmcl_ood(1.0, ps, s) for ps in PI_SPU]) - SL_OOD[s] for s in SEEDS]
+    mean, (lo, hi) = _t(per)
+    r = res["mmcl_beats_sl_ood"]
+    assert r.statistic == pytest.approx(mean) and (r.ci_low, r.ci_high) == pytest.approx((lo, hi))
+    assert r.n_seeds == 3 and r.verdict == ("holds" if lo > 0 else "inconclusive")
+    assert r.verdict == "holds"  # 0.69 - 0.5 = 0.19 with little spread
+
+    # pi_spu at pi_core = 0.5: range 0.2 in every seed -> clearly above 0.1 -> fails
+    mid = res["pi_spu_minor_mid_core"]
+    assert mid.statistic == pytest.approx(0.2) and mid.verdict == "fails"
+    # at pi_core = 1 the range is 0.02 -> holds
+    top = res["pi_spu_minor"]
+    assert top.statistic == pytest.approx(0.02) and top.verdict == "holds"
+
+    # pi_core_matters: 0.6 * (1 - 0) minus the pi_spu costs, per seed identical -> zero spread
+    want = np.mean([mmcl_ood(1.0, ps, 0) for ps in PI_SPU]) - np.mean([mmcl_ood(0.0, ps, 0) for ps in PI_SPU])
+    assert res["pi_core_matters"].statistic == pytest.approx(want)
+
+    # effective robustness: the line is fitted to all 5 SL runs (grid SL + baselines)
+    sl_id = [SL_ID[s] for s in SEEDS] + [0.60, 0.80]
+    sl_ood = [SL_OOD[s] for s in SEEDS] + [0.25, 0.35]
+    fit = fit_line(sl_id, sl_ood)
+    per_er = [np.mean([mmcl_ood(1.0, ps, s) - float(fit.predict(mmcl_id(1.0, ps, s))) for ps in PI_SPU])
+              for s in SEEDS]
+    er = res["mmcl_effective_robustness"]
+    assert er.statistic == pytest.approx(np.mean(per_er), abs=1e-9)
+    assert len([r for r in er.runs if "sl-" in r]) == 5
+
+    # run paths are relative to the folder given, never absolute
+    assert all(not r.startswith("/") for c in res.values() for r in c.runs)
+    assert "mmcl-core1-spu0-seed0" in res["mmcl_beats_sl_ood"].runs
+
+
+def test_straddling_claim_is_inconclusive(tmp_path):
+    # MMCL beats SL by +0.10, +0.05 and -0.12 over the seeds: interval straddles 0
+    for s, gap in zip(SEEDS, (0.10, 0.05, -0.12), strict=True):
+        _run(tmp_path / f"m{s}", {"seed": s, "methods": ["mmcl"], "data": {"pi_core": 1.0, "pi_spu": 0.0}},
+             [("mmcl", "ood", 0.5 + gap), ("mmcl", "id", 0.9)])
+        _run(tmp_path / f"m{s}b", {"seed": s, "methods": ["mmcl"], "data": {"pi_core": 0.0, "pi_spu": 0.0}},
+             [("mmcl", "ood", 0.1), ("mmcl", "id", 0.1)])
+        _run(tmp_path / f"s{s}", {"seed": s, "methods": ["sl"], "data": {"pi_core": 1.0, "pi_spu": 1.0}},
+             [("sl", "ood", 0.5), ("sl", "id", 0.95)])
+    r = evaluate_claim(CLAIMS["mmcl_beats_sl_ood"], collect([tmp_path]).table)
+    mean, (lo, hi) = _t([0.10, 0.05, -0.12])
+    assert r.statistic == pytest.approx(mean) and r.ci_low == pytest.approx(lo) and r.ci_high == pytest.approx(hi)
+    assert lo < 0 < hi and r.verdict == "inconclusive"
+
+
+def test_claims_cli_writes_json(grid, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["claims", str(grid), "--out", str(out)]) == 0
+    data = json.loads((out / "claims.json").read_text())
+    assert {d["claim"] for d in data} >= {"mmcl_beats_sl_ood", "pi_spu_minor", "pi_core_matters",
+                                          "mmcl_effective_robustness", "rich_captions_help"}
+    for d in data:
+        assert set(d) >= {"claim", "paper", "statistic", "ci_low", "ci_high", "n_seeds", "threshold",
+                          "verdict", "runs"}
+        assert d["verdict"] in ("holds", "fails", "inconclusive") and d["n_seeds"] == 3
+    printed = capsys.readouterr()
+    assert "mmcl_beats_sl_ood" in printed.out and "verdict" in printed.out
+    # the theory-tier claims cannot be computed from these runs: one line each, naming the claim
+    lines = [ln for ln in printed.err.splitlines() if ln.startswith("claim ")]
+    assert any(ln.startswith("claim intra_class_contrasting_helps could not be computed: no data_model_1 runs")
+               for ln in lines)
+
+
+def test_claims_cli_on_no_runs_and_missing_method(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["claims", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("could not be computed") == len(CLAIMS)
+    assert json.loads((empty / "claims.json").read_text()) == []
+
+    no_sl = build_grid(tmp_path / "nosl", with_sl=False, baselines=False)
+    assert main(["claims", str(no_sl)]) == 0
+    err = capsys.readouterr().err
+    assert "claim mmcl_beats_sl_ood could not be computed: no semisynthetic grid runs of SL on split 'ood'" in err
+    written = {d["claim"] for d in json.loads((no_sl / "claims.json").read_text())}
+    assert {"pi_spu_minor", "pi_core_matters"} <= written and "mmcl_beats_sl_ood" not in written
+
+
+def test_train_takes_a_list_of_seeds(tmp_path, capsys):
+    out = tmp_path / "dm1"
+    config = Path(__file__).resolve().parents[1] / "configs" / "data_model_1.yaml"
+    args = ["train", str(config), "n_train=400", "n_test=400", "mmcl.optim.steps=5",
+            "--seeds", "0", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    col = collect([out])
+    assert sorted(p.name for p in col.runs) == ["seed0", "seed1"] and set(col.table["seed"]) == {0, 1}
