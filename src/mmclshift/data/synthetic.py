@@ -94,9 +94,9 @@ class DataModel2Config:
     """Definition 4.6 parameters (plus feature masking, Definition 5.1)."""
 
     num_classes: int = param(4, help="number of classes K", check=at_least(2))
-    num_details: int = param(4, help="number of shared details L", check=positive)
+    num_details: int = param(5, help="number of shared details L", check=positive)
     class_details: list[list[int]] = param(
-        default_factory=lambda: [[0, 1], [1, 2], [2, 3], [3, 0]],
+        default_factory=lambda: [[0, 1], [1, 2], [2, 3], [3, 4]],
         help="for each class, the indices of its details (details may be shared between classes)",
     )
     detail_prob: float = param(0.8, help="P(a class's detail is visible in an image of that class)", check=probability)

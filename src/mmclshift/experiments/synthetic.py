@@ -11,6 +11,8 @@ error of training can be told apart).
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,12 +36,12 @@ from mmclshift.evaluate.linear import (
     zero_shot_rule,
 )
 from mmclshift.runs import RunDir
+from mmclshift.theory.accuracy import batch_rule_accuracies
 from mmclshift.theory.linear import (
     cross_covariance,
     image_noise_var,
-    mmcl_zero_shot_accuracy,
-    sl_accuracy,
-    sl_population_rule,
+    mmcl_bilinears,
+    sl_population_rules,
 )
 from mmclshift.train.linear import MMCLConfig, OptimConfig, SLConfig, train_mmcl, train_sl
 
@@ -117,33 +119,88 @@ def _dtype(cfg: SyntheticExperiment) -> torch.dtype:
 # --------------------------------------------------------------------------- theory
 
 
-def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float | None]:
-    """{(method, split): predicted population accuracy} for the config's methods and splits.
-
-    MMCL predictions exist for the linear loss (the minimiser SVD_p(C^Tr)/rho); SL predictions
-    for the gd solver (the population minimiser of the regularised logistic / CE loss).
-    """
-    model = data_model(cfg)
-    out: dict[tuple[str, str], float | None] = {}
-    mmcl_ok = cfg.mmcl.loss == "linear"
-    sl_rule = sl_population_rule(model, cfg.sl.weight_decay) if cfg.sl.solver == "gd" else None
-    for split in cfg.splits:
-        out[("mmcl", split)] = (
-            mmcl_zero_shot_accuracy(model, split, embed_dim=cfg.mmcl.embed_dim, rho=cfg.mmcl.rho)
-            if mmcl_ok else None
+def assumption_warnings(cfg: SyntheticExperiment) -> list[str]:
+    """One-line warnings where a config leaves the paper's assumptions."""
+    out = []
+    bound = 1.0 / math.sqrt(math.log(cfg.n_train))
+    if cfg.data.sigma_spu > bound:
+        out.append(
+            f"data.sigma_spu={cfg.data.sigma_spu:g} exceeds 1/sqrt(log n_train)={bound:.3g} "
+            f"(n_train={cfg.n_train}): the paper's theorems assume sigma_spu = O(1/sqrt(log n))"
         )
-        out[("sl", split)] = sl_accuracy(model, split, sl_rule) if sl_rule is not None else None
     return out
 
 
+def theory_records(cfgs: Sequence[SyntheticExperiment]) -> list[list[dict[str, Any]]]:
+    """Theory records of many configs (one list per config, one record per (method, split)).
+
+    Batched: SL rules of equal-shape binary models are solved together and each distinct training
+    distribution once; every accuracy of every config is one batched orthant integral. A record is
+    ``{"method", "split", "accuracy", "n": None, "source": "theory", "kind"}`` plus, for MMCL at a
+    tie of singular values at the rank cut, ``"range": [min, max]`` over the tied minimisers and
+    ``"warning"``; its ``accuracy`` is then null unless the range is narrower than
+    :data:`TIE_RANGE_TOL`. MMCL predictions exist for the linear loss, SL ones for the gd solver.
+    """
+    models = [data_model(c) for c in cfgs]
+    gd = [i for i, c in enumerate(cfgs) if c.sl.solver == "gd"]
+    sl_rules: dict[int, Any] = {}
+    by_wd: dict[float, list[int]] = {}
+    for i in gd:
+        by_wd.setdefault(cfgs[i].sl.weight_decay, []).append(i)
+    for wd, idx in by_wd.items():
+        for i, rule in zip(idx, sl_population_rules([models[i] for i in idx], wd), strict=True):
+            sl_rules[i] = rule
+    jobs: list[tuple] = []
+    slots: list[tuple[int, str, str, int]] = []  # (config, method, split, number of jobs)
+    cuts: dict[int, Any] = {}
+    for i, (cfg, model) in enumerate(zip(cfgs, models, strict=True)):
+        nv, P = image_noise_var(model), model.prompts()
+        Ms = None
+        if cfg.mmcl.loss == "linear":
+            Ms, cuts[i] = mmcl_bilinears(cross_covariance(model), cfg.mmcl.embed_dim, cfg.mmcl.rho)
+        for split in cfg.splits:
+            mix = model.mixture(split)
+            if Ms is not None:
+                jobs.extend((mix, P @ M.T, None, nv) for M in Ms)
+                slots.append((i, "mmcl", split, len(Ms)))
+            else:
+                slots.append((i, "mmcl", split, 0))
+            if i in sl_rules:
+                jobs.append((mix, sl_rules[i].A, sl_rules[i].b, nv))
+                slots.append((i, "sl", split, 1))
+            else:
+                slots.append((i, "sl", split, 0))
+    accs = batch_rule_accuracies(jobs)
+    out: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    pos = 0
+    for i, method, split, n in slots:
+        rec: dict[str, Any] = {"method": method, "split": split, "accuracy": None, "n": None,
+                               "source": "theory", "kind": cfgs[i].kind}
+        vals = accs[pos : pos + n]
+        pos += n
+        if n == 1:
+            rec["accuracy"] = vals[0]
+        elif n > 1:
+            lo, hi = min(vals), max(vals)
+            rec["range"] = [lo, hi]
+            rec["warning"] = cuts[i].warning()
+            rec["accuracy"] = 0.5 * (lo + hi) if hi - lo <= TIE_RANGE_TOL else None
+        out[i].append(rec)
+    return out
+
+
+#: a tied block whose minimisers' accuracies differ by less than this gives a prediction
+TIE_RANGE_TOL = 1e-6
+
+
+def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float | None]:
+    """{(method, split): predicted population accuracy (None where there is none)}."""
+    return {(r["method"], r["split"]): r["accuracy"] for r in theory_records([cfg])[0]}
+
+
 def predict(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
-    """Theory records: one per (method, split), with ``n`` null."""
-    preds = theory_predictions(cfg)
-    return [
-        {"method": method, "split": split, "accuracy": acc, "n": None, "source": "theory",
-         "kind": cfg.kind}
-        for (method, split), acc in preds.items()
-    ]
+    """Theory records: one per (method, split), with ``n`` null (see :func:`theory_records`)."""
+    return theory_records([cfg])[0]
 
 
 def describe_cross_covariance(cfg: SyntheticExperiment) -> tuple[list[str], np.ndarray]:
@@ -234,4 +291,4 @@ def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: b
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
            "PreparedJob", "evaluate_job", "predict", "prepare_job", "run_experiment",
-           "theory_predictions"]
+           "theory_predictions", "theory_records", "assumption_warnings"]
