@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import collect, demo, grid, report, robustness, sweep, theory, train
+from mmclshift.cli import collect, demo, grid, report, robustness, sweep, theory, theory_map, train
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -24,6 +24,7 @@ COMMANDS: dict[str, ModuleType] = {
     "robustness": robustness,
     "report": report,
     "sweep": sweep,
+    "theory-map": theory_map,
 }
 
 

@@ -11,7 +11,9 @@ error of training can be told apart).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +112,15 @@ def _split_seed(seed: int, split: str) -> int:
     """Independent, stable seed per (data seed, split): adding a split never changes another."""
     digest = hashlib.sha256(f"{seed}:{split}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def split_test_seed(cfg: SyntheticExperiment, split: str) -> int:
+    """Seed of a test split: depends on the data seed, the split and the data model's parameters,
+    so runs at different parameter points are scored on independent test sets."""
+    from mmclshift.config import to_dict
+
+    point = json.dumps(to_dict(cfg.data), sort_keys=True)
+    return _split_seed(cfg.effective_data_seed, f"{split}:{point}")
 
 
 def _dtype(cfg: SyntheticExperiment) -> torch.dtype:
@@ -256,9 +267,8 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
         "sl": classifier_rule(sl),
     }
     records = []
-    data_seed = cfg.effective_data_seed
     for split in cfg.splits:
-        test = sampler.sample(split, cfg.n_test, torch.Generator().manual_seed(_split_seed(data_seed, split)))
+        test = sampler.sample(split, cfg.n_test, torch.Generator().manual_seed(split_test_seed(cfg, split)))
         for method in METHODS:
             rule = rules[method]
             acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
@@ -278,6 +288,8 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
 def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
                    theory: bool = True) -> list[dict[str, Any]]:
     """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
+    for line in assumption_warnings(cfg):
+        warnings.warn(line, stacklevel=2)
     run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
     with run.guard():
         job = prepare_job(cfg)
