@@ -270,7 +270,8 @@ def _newton(f, grad_hess, theta0: torch.Tensor, *, max_iter: int = 100,
     eye = torch.eye(q, dtype=theta.dtype)
     for _ in range(max_iter):
         g, H = grad_hess(theta)
-        step = -torch.linalg.solve(H + 1e-13 * eye, g.unsqueeze(-1)).squeeze(-1)
+        # numpy's solver: torch's batched LU can hang in MKL with several threads
+        step = -torch.as_tensor(np.linalg.solve((H + 1e-13 * eye).numpy(), g.unsqueeze(-1).numpy()))[..., 0]
         dec = -(g * step).sum(1)
         if not torch.isfinite(dec).all():
             return None
