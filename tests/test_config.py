@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmclshift.config import ConfigError, apply_overrides, load_config, read_yaml, to_dict
-from mmclshift.experiments import CONFIG_KINDS
+from mmclshift.config import ConfigError, apply_overrides, read_yaml, to_dict
+from mmclshift.experiments import CONFIG_KINDS, load_config
 from mmclshift.experiments.synthetic import DataModel1Experiment, DataModel2Experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -108,3 +108,57 @@ def test_resolved_config_round_trips(tmp_path):
     f.write_text(yaml.safe_dump(to_dict(cfg)))
     assert to_dict(load_config(f)) == to_dict(cfg)
     assert set(CONFIG_KINDS) >= {"data_model_1", "data_model_2"}
+
+
+@pytest.mark.parametrize("text, value", [("5e-1", 0.5), ("1E-2", 0.01), ("+2.5e-1", 0.25), (".25", 0.25)])
+def test_exponent_form_numbers_are_numbers(text, value):
+    """YAML 1.1 reads '5e-1' as a string; a float field takes it as the number it spells."""
+    assert yaml.safe_load("5e-1") == "5e-1"
+    cfg = load_config(CONFIGS / "data_model_1.yaml", [f"data.pi_core={text}"])
+    assert cfg.data.pi_core == float(text) == value
+
+
+def test_exponent_form_integer_field():
+    assert load_config(CONFIGS / "data_model_1.yaml", ["n_train=2e3"]).n_train == 2000
+    assert "'n_train'" in _err(CONFIGS / "data_model_1.yaml", "n_train=2.5e0")
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "1e999"])
+def test_non_finite_floats_are_refused(text):
+    msg = _err(CONFIGS / "data_model_1.yaml", f"data.core_mean={text}")
+    assert "'data.core_mean'" in msg
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "-x", "", "a\x00b", "x" * 201])
+def test_names_that_become_paths_are_checked(name):
+    msg = _err(CONFIGS / "data_model_1.yaml", f"name={name!s}" if name else "name=''")
+    assert "'name'" in msg and "file name" in msg
+
+
+def test_config_layer_imports_no_experiment_layer():
+    """config, errors and runs are lower layers: importing them loads no experiment module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mmclshift.config, mmclshift.errors, mmclshift.runs; "
+            "print(sorted(m for m in sys.modules if m.startswith('mmclshift.experiments') "
+            "or m.startswith('mmclshift.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_load_config_takes_the_registry_from_its_caller(tmp_path):
+    from dataclasses import dataclass
+
+    from mmclshift.config import load_config as load_with
+
+    @dataclass
+    class Tiny:
+        kind: str = "tiny"
+        x: float = 1.0
+
+    f = tmp_path / "t.yaml"
+    f.write_text("kind: tiny\nx: 2e0\n")
+    assert load_with(f, [], {"tiny": Tiny}) == Tiny(x=2.0)
+    with pytest.raises(ConfigError, match="'kind' must be one of tiny"):
+        load_with(CONFIGS / "data_model_1.yaml", [], {"tiny": Tiny})

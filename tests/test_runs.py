@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmclshift.config import replace
+from mmclshift.errors import DataError
 from mmclshift.experiments.synthetic import DataModel1Experiment, run_experiment
 from mmclshift.runs import (
     RunDir,
@@ -69,7 +70,7 @@ def test_atomic_checkpoint_and_weights_only(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["x.pt"]  # no temp files left behind
 
     torch.save({"obj": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+    with pytest.raises(DataError, match="evil.pt: checkpoint refused by weights_only.*Unsupported global"):
         load_checkpoint(tmp_path / "evil.pt")
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmclshift.config import load_config, replace
-from mmclshift.experiments import CONFIG_KINDS, RUNNERS
+from mmclshift.config import replace
+from mmclshift.experiments import CONFIG_KINDS, RUNNERS, load_config
 from mmclshift.experiments.semisynthetic import SemiSyntheticExperiment, run_experiment, run_grid
 from mmclshift.runs import read_metrics
 

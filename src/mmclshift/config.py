@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +67,17 @@ def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fal
         return f"must be in {left}{lo}, {hi}{right}"
 
     return check
+
+
+_PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+=,-]*$")
+
+
+def path_part(v: Any) -> str | None:
+    """Names that become file or folder names: letters, digits and ``_.@+=,-``, no leading dot."""
+    if isinstance(v, str) and _PATH_PART.match(v) and len(v) <= 200:
+        return None
+    return ("must be usable as a file name (letters, digits, '_.@+=,-'; not starting with '.' "
+            "or '-'; no '/')")
 
 
 def each(check: Check) -> Check:
@@ -153,17 +165,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
     if tp is int:
+        value = _number_from_text(value)
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        value = _number_from_text(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         value = float(value)
-        if math.isnan(value):
-            raise ConfigError(f"config key '{key}': must not be NaN")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number; got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -172,6 +186,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _number_from_text(value: Any) -> Any:
+    """A number written as text that YAML 1.1 leaves a string (``5e-1``, ``1e3``) -> its value."""
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    return value
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
@@ -326,14 +350,14 @@ def build_config(
 
 def load_config(
     path: str | Path,
-    overrides: Sequence[str] = (),
-    registry: Mapping[str, type] | None = None,
+    overrides: Sequence[str],
+    registry: Mapping[str, type],
 ) -> Any:
-    """Read ``path``, apply ``key=value`` overrides, and validate against ``registry``."""
-    if registry is None:
-        from mmclshift.experiments import CONFIG_KINDS
+    """Read ``path``, apply ``key=value`` overrides, and validate against ``registry``.
 
-        registry = CONFIG_KINDS
+    The registry of experiment kinds is the caller's (``mmclshift.experiments.load_config``
+    passes the built-in one): this module knows no experiment layer.
+    """
     data = apply_overrides(read_yaml(path), overrides)
     return build_config(data, registry, source=str(path))
 

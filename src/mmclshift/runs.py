@@ -6,9 +6,27 @@ A run directory holds::
     env.json        versions, device, seed, git revision, host, start time
     metrics.jsonl   one JSON object per evaluation, appended and flushed as they happen
     checkpoints/    checkpoint files, each written to a temp file and renamed into place
+    identity.json   the hash of the config's identity (the resolved config without the keys in
+                    :data:`VOLATILE_KEYS`) and the keys left out of it
+    running.json    pid and host of the process running it (removed when it finishes or fails)
+    error.txt       the traceback of a failed attempt
     done            written last; its presence means the run completed
 
 Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
+
+**Identity.** A run directory belongs to one config: :func:`check_run_dir` (called by
+:meth:`RunDir.create`, ``experiments.run``, grids and sweeps before anything is written) finds
+the same config finished ("done": skip it), the same config unfinished ("partial": resume or
+restart it), nothing ("new"), or another config: refused with a one-line error naming the keys
+that differ, unless ``force``, which renames the old directory to ``<name>.replaced-<time>``
+beside it (never deletes it). Keys that only say where or how visibly a run executes
+(:data:`VOLATILE_KEYS`: device, threads, progress, resume, loader workers) do not count.
+
+**History.** A resumed run appends to metrics.jsonl. It first writes ``{"event": "resume",
+"method": m, "step": s}``; :func:`read_metrics` drops the ``train`` records of method ``m`` with
+step > s written before that marker (they were logged after the last checkpoint and are logged
+again), so the history reads as that of an uninterrupted run. A run restarted from scratch (no
+checkpoints) keeps its previous history as ``metrics.jsonl.1``, ``.2``, ...
 
 Records in metrics.jsonl are JSON objects with an ``event`` key:
 
@@ -27,20 +45,25 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
 import random
 import socket
 import subprocess
 import tempfile
+import time
 import traceback
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from mmclshift.config import dump_yaml, to_dict
+from mmclshift.errors import DataError, UserError
 
 CONFIG_FILE = "config.yaml"
 ENV_FILE = "env.json"
@@ -48,6 +71,12 @@ METRICS_FILE = "metrics.jsonl"
 DONE_FILE = "done"
 ERROR_FILE = "error.txt"
 CHECKPOINT_DIR = "checkpoints"
+IDENTITY_FILE = "identity.json"
+RUNNING_FILE = "running.json"
+
+#: config keys that change only where or how visibly a run executes, not what it computes
+VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume", "data.workers",
+                 "data.prefetch")
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -86,8 +115,33 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only).
+
+    A missing, truncated or corrupt file, or one that holds anything but tensors and plain
+    containers (a pickled object), raises :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = [ln.split("error:", 1)[-1].strip() for ln in str(exc).splitlines()
+               if "WeightsUnpickler error" in ln]
+        raise DataError(f"{path}: checkpoint refused by weights_only loading: it holds more than "
+                        f"tensors and plain containers ({why[0] if why else 'a pickled object'})"
+                        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a mapping)")
+    return state
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- identity, seeds
@@ -97,6 +151,27 @@ def config_hash(config: Any, length: int = 12) -> str:
     """Stable hash of a resolved config (dataclass or plain data)."""
     blob = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_identity(config: Any) -> dict[str, Any]:
+    """The part of a resolved config that decides what a run computes (no :data:`VOLATILE_KEYS`)."""
+    data = json.loads(json.dumps(to_dict(config), default=str))
+    if not isinstance(data, dict):
+        return {}
+    for key in VOLATILE_KEYS:
+        *parents, last = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return data
+
+
+def identity_hash(config: Any) -> str:
+    """Hash of :func:`run_identity`: equal for configs that compute the same run."""
+    blob = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -156,17 +231,34 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, config: Any, *, seed: int | None = None,
-               device: str | None = None) -> RunDir:
+               device: str | None = None, force: bool = False, resume: bool = False) -> RunDir:
+        """Start (or continue) the run of ``config`` in ``path``.
+
+        Checked before anything is written (see :func:`check_run_dir`): a directory holding
+        another config is refused unless ``force`` (then moved aside); one holding this config
+        finished is moved aside too (a deliberate retrain never overwrites a finished run).
+        ``resume``: the runner continues from its checkpoints, so metrics.jsonl is appended to;
+        otherwise a previous attempt's metrics.jsonl is kept as ``metrics.jsonl.<n>``.
+        """
         run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        # a rerun starts clean: stale markers and metrics from a crashed attempt go
-        for stale in (DONE_FILE, ERROR_FILE, METRICS_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (run.path / stale).unlink()
+        if check_run_dir(run.path, config, force=force) == "done":
+            move_aside(run.path)
+        make_run_dir(run.path)
+        with contextlib.suppress(FileNotFoundError):
+            (run.path / ERROR_FILE).unlink()  # a previous failure's traceback; this is a new try
+        metrics = run.path / METRICS_FILE
+        if metrics.is_file():
+            if resume:
+                _drop_partial_last_line(metrics)
+            else:
+                os.replace(metrics, _free_name(metrics))
         atomic_write_text(run.path / CONFIG_FILE, dump_yaml(config))
+        atomic_write_text(run.path / IDENTITY_FILE, json.dumps(
+            {"hash": identity_hash(config), "ignored_keys": list(VOLATILE_KEYS)}, indent=1) + "\n")
         atomic_write_text(
             run.path / ENV_FILE, json.dumps(environment_info(seed, device), indent=2) + "\n"
         )
+        atomic_write_text(run.path / RUNNING_FILE, json.dumps(_process_marker()) + "\n")
         return run
 
     # files
@@ -197,10 +289,16 @@ class RunDir:
         payload = {"finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
         payload.update(_jsonable(summary or {}))
         atomic_write_text(self.path / DONE_FILE, json.dumps(payload) + "\n")
+        self._clear_running()
 
     def mark_failed(self, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         atomic_write_text(self.path / ERROR_FILE, text)
+        self._clear_running()
+
+    def _clear_running(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / RUNNING_FILE).unlink()
 
     @property
     def done(self) -> bool:
@@ -221,22 +319,230 @@ def is_done(path: str | Path) -> bool:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored."""
+    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored.
+
+    ``train`` records superseded by a later ``resume`` marker are dropped (see the module
+    docstring); any other line that is not a JSON object raises :class:`DataError` naming the
+    file and line.
+    """
     file = Path(path) / METRICS_FILE
     if not file.is_file():
         return []
-    records = []
-    lines = file.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    records: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{file}:{i + 1}: not a JSON line") from None
+            raise DataError(f"{file}:{i + 1}: not a JSON line") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{file}:{i + 1}: not a JSON object")
+        if rec.get("event") == "resume":
+            records = [r for r in records if not _superseded(r, rec)]
+        records.append(rec)
     return records
+
+
+def _superseded(record: Mapping[str, Any], resume: Mapping[str, Any]) -> bool:
+    step = record.get("step")
+    return (record.get("event") == "train" and record.get("method") == resume.get("method")
+            and isinstance(step, int | float) and step > resume.get("step", 0))
+
+
+def eval_records(path: str | Path) -> list[dict[str, Any]]:
+    """The eval records of a run, the last one per (method, split), in first-seen order."""
+    last: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for rec in read_metrics(path):
+        if rec.get("event") == "eval":
+            key = (rec.get("method"), rec.get("split"))
+            last.pop(key, None)
+            last[key] = rec
+    return list(last.values())
+
+
+# --------------------------------------------------------------------------- identity checks
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a ``torchrun`` / SLURM job (rank 0 owns the run dir)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs."""
+    a, b = _flatten(dict(old)), _flatten(dict(new))
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = [("(absent)" if v is missing else json.dumps(v, default=str)) for v in (va, vb)]
+            out.append(f"{key}: {show[0]} -> {show[1]}")
+    return out
+
+
+def stored_identity(path: str | Path) -> dict[str, Any] | None:
+    """The identity of the config stored in run directory ``path`` (None: no config.yaml)."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: unreadable run config ({_first_line(exc)}); move the run "
+                        "directory aside or choose another output folder") from None
+    return run_identity(data if isinstance(data, dict) else {})
+
+
+def check_output_path(path: str | Path, what: str = "output directory", *,
+                      writable: bool = False) -> Path:
+    """Refuse an output directory that is a file (or under one), or (``writable``) one that
+    cannot be written, in one line."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{path}: {what} is not a directory ({p} is a file)")
+            if writable and not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(f"{path}: {what} is not writable ({p}: permission denied)")
+            break
+    return path
+
+
+def make_run_dir(path: str | Path, what: str = "run directory") -> Path:
+    """``mkdir -p`` that fails in one line (a file in the way, no permission)."""
+    path = check_output_path(path, what, writable=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the {what} ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: {what} is not writable (permission denied)")
+    return path
+
+
+def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
+    """What ``path`` holds for ``config``: "new", "partial" or "done"; see the module docstring.
+
+    Another config's run is refused with a :class:`UserError` naming the differing keys, or,
+    with ``force``, renamed aside (then "new"). Nothing is written otherwise.
+    """
+    path = check_output_path(path, "run directory")
+    old = stored_identity(path)
+    if old is None:
+        return "new"
+    new = run_identity(config)
+    if old == new:
+        return "done" if is_done(path) else "partial"
+    if force:
+        move_aside(path)
+        return "new"
+    diff = identity_diff(old, new)
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    raise UserError(f"{path}: holds a run of another config ({shown}); rerun with --force to "
+                    "move it aside, or choose another output directory")
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename run directory ``path`` to ``<name>.replaced-<UTC time>`` beside it; return that."""
+    path = Path(path)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = _free_name(path.with_name(f"{path.name}.replaced-{stamp}"))
+    try:
+        os.rename(path, target)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot move the old run aside to {target.name} "
+                        f"({exc.strerror or exc})") from None
+    return target
+
+
+def _free_name(path: Path) -> Path:
+    """``path.1``, ``path.2``, ... : the first that does not exist."""
+    for n in range(1, 10_000):
+        cand = path.with_name(f"{path.name}.{n}")
+        if not cand.exists():
+            return cand
+    raise UserError(f"{path}: too many earlier copies beside it")
+
+
+def _drop_partial_last_line(file: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: drop it before appending."""
+    data = file.read_bytes()
+    if data and not data.endswith(b"\n"):
+        atomic_write_bytes(file, data[: data.rfind(b"\n") + 1])
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), if readable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (tells a reused pid apart), if readable."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
+
+
+def _process_marker() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "proc_start": _proc_start(pid),
+            "started": time.time()}
+
+
+def run_state(path: str | Path) -> str:
+    """done, failed, running, killed (started, not finished, its process gone) or missing.
+
+    A run on another host whose process cannot be checked from here counts as running.
+    """
+    path = Path(path)
+    if is_done(path):
+        return "done"
+    if (path / ERROR_FILE).is_file():
+        return "failed"
+    if not path.is_dir():
+        return "missing"
+    try:
+        marker = json.loads((path / RUNNING_FILE).read_text())
+    except (OSError, ValueError):
+        return "killed"
+    if marker.get("host") != socket.gethostname():
+        return "running"
+    pid = int(marker.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:
+        return "running"
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc: the pid exists, trust it
+        return "running"
+    start = marker.get("proc_start")
+    if stat[0] in ("Z", "X") or (start is not None and stat[19] != start):
+        return "killed"  # exited (a zombie not yet reaped) or the pid now names another process
+    return "running"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -20,7 +20,7 @@ def _cfg(fx, fmt, *, methods=None, steps=2, batch=8, resume=None, **train):
     path = {"csv": fx["tsv"], "coco": fx["coco"], "wds": fx["shards"]}[fmt]
     return config_from_dict({
         "name": f"e2e-{fmt}", "seed": 0,
-        "data": {"format": fmt, "path": str(path), "vocab": str(fx["vocab"])},
+        "data": {"format": fmt, "path": str(path), "vocab": str(fx["vocab"]), "workers": 0},
         "model": {"name": "mmcl-tiny"},
         "methods": methods or [{"name": "clip", "kind": "mmcl", "loss": "clip"},
                                {"name": "sl", "kind": "sl", "loss": "ce"}],

@@ -2,11 +2,16 @@
 
 Each subcommand lives in its own module exposing ``HELP``, ``configure(parser)`` and
 ``run(args) -> int``; :data:`COMMANDS` is the explicit registry.
+
+Bad input (a :class:`~mmclshift.errors.UserError`, or a file that cannot be read or written)
+ends the command with one line on stderr and exit status 2; ``--debug`` (or the environment
+variable ``MMCLSHIFT_DEBUG=1``) shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -35,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "learning (MMCL) vs supervised learning (SL) under distribution shift.",
     )
     parser.add_argument("--version", action="version", version=f"mmclshift {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: MMCLSHIFT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         doc = (module.__doc__ or module.HELP).strip()
@@ -47,13 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    flag = os.environ.get("MMCLSHIFT_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or flag not in ("", "0", "false", "no")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args`` that also takes ``key=value`` overrides after flags (``CFG --smoke k=v``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
+        if debug_enabled(args):
+            raise
         print(f"mmclshift {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written: its path and why
+        if debug_enabled(args):
+            raise
+        print(f"mmclshift {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmclshift {args.command}: interrupted", file=sys.stderr)

@@ -17,6 +17,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true",
+        help="a run directory holding another config is moved aside (<dir>.replaced-<time>) "
+        "and the run redone; without it such a directory is refused",
+    )
+
+
 def print_json_lines(records: Iterable[Mapping[str, Any]], stream=None) -> None:
     stream = stream or sys.stdout
     for rec in records:

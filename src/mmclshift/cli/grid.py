@@ -1,7 +1,8 @@
 """Run the Figure 2 grid of a semi-synthetic config: MMCL over pi_core x pi_spu (and seeds) vs SL.
 
 Each run gets its own directory under --out; runs already done are skipped, so an interrupted
-grid resumes where it stopped. Prints MMCL's and SL's accuracy on the chosen test split
+grid resumes where it stopped. A cell directory holding another config (say, other train.steps)
+is refused before anything trains, unless --force, which moves it aside and retrains it. Prints MMCL's and SL's accuracy on the chosen test split
 (Figure 2: ood; Figure 5: id, from the same run directories).
 
 Example:
@@ -14,8 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmclshift.cli.common import add_config_args, print_json_lines
-from mmclshift.config import load_config
+from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
 from mmclshift.errors import UserError
 from mmclshift.runs import config_hash
 
@@ -29,17 +29,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="ood", help="test split to tabulate (ood, ood_reversed, id)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_force_arg(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmclshift.experiments import semisynthetic
+    from mmclshift.experiments import load_config, semisynthetic
 
     cfg = load_config(args.config, args.overrides)
     if not isinstance(cfg, semisynthetic.SemiSyntheticExperiment):
         raise UserError(f"{args.config}: grid needs a config of kind 'semisynthetic'; got {cfg.kind!r}")
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-grid-{config_hash(cfg)}"
     result = semisynthetic.run_grid(cfg, out, progress=not args.no_progress and not args.json,
-                                    split=args.split)
+                                    split=args.split, force=args.force)
     if args.json:
         print_json_lines(result["rows"])
     else:

@@ -8,6 +8,9 @@ Examples:
   mmclshift sweep status runs/sweep1
 
 Finished jobs (a `done` marker) are skipped, so rerunning a sweep trains only what is missing.
+A job directory holding another config is refused unless --force (moved aside, rerun).
+Killing `sweep run` also ends the workers of the processes launcher; `sweep status` then
+reports their unfinished jobs as killed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import argparse
 import collections
 
-from mmclshift.sweeps.runner import LAUNCHERS, run_sweep, status
+from mmclshift.cli.common import add_force_arg
+from mmclshift.sweeps.runner import LAUNCHERS, STATES, run_sweep, status
 from mmclshift.sweeps.spec import load_sweep
 
 HELP = "run a sweep of configs (local, processes, ray, slurm) or show its status"
@@ -37,7 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--time-min", type=int, default=60, help="slurm: time limit per job (minutes)")
     r.add_argument("--gpus", type=int, default=0, help="slurm: GPUs per job")
     r.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
-    s = sub.add_parser("status", help="done / running / failed / missing jobs of a sweep directory")
+    add_force_arg(r)
+    s = sub.add_parser("status", help="done / running / killed / failed / missing jobs of a sweep "
+                       "directory (running: its process is alive)")
     s.add_argument("out", help="sweep directory")
 
 
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         counts = collections.Counter(st.values())
         for name, state in st.items():
             print(f"{state:8s} {name}")
-        print(", ".join(f"{k}: {counts.get(k, 0)}" for k in ("done", "running", "failed", "missing")))
+        print(", ".join(f"{k}: {counts.get(k, 0)}" for k in STATES))
         return 0
     jobs = load_sweep(args.sweep)
     if args.dry_run:
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(jobs, args.out, launcher=args.launcher, max_jobs=args.max_jobs,
                        workers=args.workers, batched=not args.no_batch, address=args.address,
                        executor=args.executor, partition=args.partition, time_min=args.time_min,
-                       gpus=args.gpus)
+                       gpus=args.gpus, force=args.force)
     print(result.summary())
     for name in result.failed:
         print(f"failed: {name} (see {args.out}/{name}/error.txt)")

@@ -17,7 +17,6 @@ import sys
 
 from mmclshift import experiments
 from mmclshift.cli.common import add_config_args, print_json_lines
-from mmclshift.config import load_config
 from mmclshift.report_text import format_table
 
 HELP = "closed-form ID/OOD accuracy predictions for a synthetic data-model config"
@@ -43,7 +42,7 @@ def print_warnings(records: list[dict], cfg: object, prefix: str = "mmclshift th
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = experiments.load_config(args.config, args.overrides)
     records = experiments.predict(cfg)
     print_warnings(records, cfg)
     if args.json:

@@ -107,6 +107,8 @@ def load_mnist_idx(root: str | Path) -> Digits:
         if arr.ndim != want_ndim or (want_ndim == 3 and arr.shape[1:] != (28, 28)):
             raise DataError(f"{path}: expected {'(n, 28, 28) images' if want_ndim == 3 else '(n,) labels'}, "
                             f"got shape {arr.shape}")
+        if want_ndim == 3 and len(arr) == 0:
+            raise DataError(f"{path}: IDX file holds 0 images")
         if want_ndim == 1 and arr.size and arr.max() > 9:
             raise DataError(f"{path}: label {int(arr.max())} is not a digit 0-9")
         arrays[key] = (arr, path)

@@ -12,9 +12,13 @@ Three on-disk formats are read:
   shard lists such as ``cc3m/{00000..00331}.tar``; several patterns may be joined with ``::``.
 
 Every format becomes a stream of :class:`Item` (key, image loader, captions). :class:`PairStream`
-turns an epoch's items into decoded training samples for one rank: it picks the caption(s), applies
-the caption transforms, derives the class label, decodes the image and *skips and counts*
-unreadable or missing images, empty captions and unlabelled captions (never raising mid-epoch).
+turns an epoch's items into decoded training samples for one rank in two stages: a cheap *plan*
+(:meth:`PairStream.plan`: item order, caption choice, rank split; shard-level skips) and the
+per-pair *work* (:meth:`PairStream.process`: caption transforms, class label, image decoding and
+transform). Unreadable or missing images, empty captions, captions that are not valid UTF-8 and
+unlabelled captions are *skipped and counted* (never raising mid-epoch). The serial path runs both
+stages in the training process; :mod:`mmclshift.data.loader` runs the work in DataLoader workers
+and yields the same batches with the same skip counts.
 
 Determinism: the item order of an epoch is a permutation seeded by ``(seed, epoch)``; the caption
 drawn for an item depends only on ``(seed, epoch, position)``; so a run resumed from the stream
@@ -52,19 +56,70 @@ class Item:
 
 @dataclass
 class SkipCounts:
-    """How many items were skipped and why (written to the run's metrics)."""
+    """What was skipped and why (written to the run's metrics and checkpoints).
+
+    Each skip names the thing skipped (an item key, ``key<TAB>caption`` for a caption, or a shard
+    path). :meth:`as_dict` counts distinct things per reason, so a corrupt image is one skip however
+    many epochs (or captions) visit it; :meth:`visits` counts every visit.
+    """
 
     counts: Counter = field(default_factory=Counter)
+    keys: dict[str, set[str]] = field(default_factory=dict)
 
-    def add(self, reason: str, n: int = 1) -> None:
-        self.counts[reason] += n
+    def add(self, reason: str, key: str) -> None:
+        self.counts[reason] += 1
+        self.keys.setdefault(reason, set()).add(key)
 
     def as_dict(self) -> dict[str, int]:
+        """Distinct skipped things per reason."""
+        return {r: len(self.keys[r]) for r in sorted(self.keys)}
+
+    def visits(self) -> dict[str, int]:
+        """Every visit of a skipped thing, per reason (grows with epochs)."""
         return dict(sorted(self.counts.items()))
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.as_dict().values())
+
+    def state(self) -> dict[str, Any]:
+        """A checkpointable copy (plain lists and ints)."""
+        return {"visits": self.visits(), "keys": {r: sorted(k) for r, k in self.keys.items()}}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Add a :meth:`state` (or an older flat ``{reason: count}``) to these counts."""
+        if "visits" not in state:  # older checkpoints: per-reason counts only
+            for reason, n in state.items():
+                self.counts[reason] += int(n)
+                self.keys.setdefault(reason, set()).update(
+                    f"<checkpoint {i}>" for i in range(int(n)))
+            return
+        self.counts.update({r: int(n) for r, n in state["visits"].items()})
+        for reason, keys in state.get("keys", {}).items():
+            self.keys.setdefault(reason, set()).update(keys)
+
+
+class _SkipLog(SkipCounts):
+    """A SkipCounts that also queues each skip, so a plan can emit it in stream order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Skip] = []
+
+    def add(self, reason: str, key: str) -> None:
+        self.pending.append(Skip(reason, key))
+
+    def drain(self) -> list[Skip]:
+        out, self.pending = self.pending, []
+        return out
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One skipped thing in stream order (see :class:`SkipCounts`)."""
+
+    reason: str
+    key: str
 
 
 # --------------------------------------------------------------------------- CSV / TSV
@@ -94,7 +149,9 @@ def read_csv_items(path: str | Path, *, image_key: str = "filepath", caption_key
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    # invalid UTF-8 stays visible as lone surrogates: a caption with them is skipped and counted,
+    # an image path with them names the file the bytes name
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     lines = text.splitlines()
     if not lines:
         raise DataError(f"{path}: empty CSV file (expected a header with columns "
@@ -136,25 +193,47 @@ def read_coco_items(annotations: str | Path, image_root: str | Path | None = Non
     if not annotations.is_file():
         raise DataError(f"{annotations}: COCO captions file not found")
     try:
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-        images = {int(im["id"]): im["file_name"] for im in data["images"]}
-        anns = data["annotations"]
+        data = json.loads(annotations.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{annotations}: not UTF-8 (byte {exc.start}); JSON files are UTF-8"
+                        ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{annotations}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{annotations}: not a COCO captions file (missing {exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{annotations}: not a COCO captions file (expected an object with "
+                        "'images' and 'annotations')")
+    images: dict[int, str] = {}
+    for what in ("images", "annotations"):
+        if not isinstance(data.get(what), list):
+            raise DataError(f"{annotations}: not a COCO captions file (missing list {what!r})")
+    for i, im in enumerate(data["images"]):
+        images[_coco_int(im, "id", annotations, f"images[{i}]")] = \
+            str(im["file_name"]) if isinstance(im, dict) and "file_name" in im else ""
     if image_root is None:
         guess = annotations.parent.parent / annotations.stem.replace("captions_", "")
         image_root = guess if guess.is_dir() else annotations.parent
     root = Path(image_root)
     caps: dict[int, list[str]] = {i: [] for i in images}
-    for ann in anns:
-        caps.setdefault(int(ann["image_id"]), []).append(str(ann.get("caption", "")))
+    for i, ann in enumerate(data["annotations"]):
+        image_id = _coco_int(ann, "image_id", annotations, f"annotations[{i}]")
+        caption = ann.get("caption")
+        caps.setdefault(image_id, []).append(caption if isinstance(caption, str) else "")
     items = []
     for image_id in sorted(caps):
         name = images.get(image_id)
         items.append(Item(str(image_id), str(root / name) if name else None, caps[image_id]))
     return items
+
+
+def _coco_int(record: Any, key: str, path: Path, where: str) -> int:
+    """``record[key]`` as an int, or a one-line :class:`DataError` naming the record."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise DataError(f"{path}: {where} has no integer {key!r} (got {value!r})")
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path}: {where} has no integer {key!r} (got {value!r})") from None
 
 
 # --------------------------------------------------------------------------- webdataset shards
@@ -174,16 +253,23 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
 def iter_tar_items(shard: str | Path, skips: SkipCounts | None = None) -> Iterator[Item]:
     """Items of one webdataset tar shard, grouped by key (the name up to its first dot).
 
-    A missing, empty or unreadable shard is counted (``missing_shard``/``empty_shard``/
-    ``corrupt_shard``) and yields nothing; a key without an image or caption is counted too.
+    Each shard visit counts at most one shard-level reason: ``missing_shard`` (no such file),
+    ``empty_shard`` (zero bytes, or a valid tar with no items) or ``corrupt_shard`` (unreadable or
+    damaged: the items read before the damage are still yielded). A caption's bytes are decoded
+    as UTF-8, invalid bytes kept as lone surrogates (:meth:`PairStream.process` skips and counts
+    such captions).
     """
     skips = skips if skips is not None else SkipCounts()
     shard = Path(shard)
     if not shard.is_file():
-        skips.add("missing_shard")
+        skips.add("missing_shard", str(shard))
+        return
+    if shard.stat().st_size == 0:
+        skips.add("empty_shard", str(shard))
         return
     groups: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
+    damaged = False
     try:
         with tarfile.open(shard, "r") as tf:
             for member in tf:
@@ -197,24 +283,27 @@ def iter_tar_items(shard: str | Path, skips: SkipCounts | None = None) -> Iterat
                 fh = tf.extractfile(member)
                 if fh is None:
                     continue
+                data = fh.read()
                 if key not in groups:
                     groups[key] = {}
                     order.append(key)
-                groups[key][ext.lower()] = fh.read()
+                groups[key][ext.lower()] = data
     except (tarfile.TarError, OSError, EOFError):
-        skips.add("corrupt_shard")
-        # yield what was read before the damage
-    if not order:
-        skips.add("empty_shard")
-        return
+        damaged = True  # yield what was read before the damage
+    items = []
     for key in order:
         parts = groups[key]
         img = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
         cap = next((parts[e] for e in CAPTION_EXTENSIONS if e in parts), None)
         if img is None and cap is None:
             continue  # e.g. a lone .json
-        captions = [cap.decode("utf-8", errors="replace")] if cap is not None else []
-        yield Item(f"{shard.name}/{key}", img, captions)
+        captions = [cap.decode("utf-8", errors="surrogateescape")] if cap is not None else []
+        items.append(Item(f"{shard.name}/{key}", img, captions))
+    if damaged:
+        skips.add("corrupt_shard", str(shard))
+    elif not items:
+        skips.add("empty_shard", str(shard))
+    yield from items
 
 
 # --------------------------------------------------------------------------- sources
@@ -304,6 +393,18 @@ def load_image(image: str | bytes | None) -> Any:
     return im.convert("RGB")
 
 
+def decode_image(image: str | bytes | None, transform: Callable[[Any], Any]
+                 ) -> tuple[Any, str | None]:
+    """``(transform(decoded image), None)``, or ``(None, reason)`` with reason ``missing_image``
+    or ``corrupt_image`` (any decoder or transform failure)."""
+    try:
+        return transform(load_image(image)), None
+    except FileNotFoundError:
+        return None, "missing_image"
+    except Exception:  # noqa: BLE001 - any decoder failure is a counted skip
+        return None, "corrupt_image"
+
+
 @dataclass
 class Sample:
     """A decoded training pair: the image tensor, the caption text, the class id (-1: none) and
@@ -315,8 +416,31 @@ class Sample:
     position: int
 
 
+@dataclass
+class RawPair:
+    """A planned pair: its stream position, the item it comes from and the caption drawn."""
+
+    position: int
+    key: str
+    image: str | bytes | None
+    caption: str
+
+
 CaptionFn = Callable[[str], str]
 LabelFn = Callable[[str], int | None]
+
+
+def _no_label(caption: str) -> int:
+    return -1
+
+
+def _same(caption: str) -> str:
+    return caption
+
+
+def has_invalid_utf8(text: str) -> bool:
+    """Whether ``text`` carries undecodable bytes (lone surrogates from ``surrogateescape``)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 class PairStream:
@@ -339,17 +463,17 @@ class PairStream:
         self.source = source
         self.transform = transform
         self.seed = seed
-        self.caption_fn = caption_fn or (lambda c: c)
-        self.label_fn = label_fn or (lambda c: -1)
+        self.caption_fn = caption_fn or _same
+        self.label_fn = label_fn or _no_label
         self.caption_mode = caption_mode
         self.keep_captions = keep_captions
         self.rank = rank
         self.world_size = world_size
         self.skips = SkipCounts()
 
-    def _pairs(self, epoch: int) -> Iterator[tuple[int, Item, str]]:
+    def _pairs(self, epoch: int, log: _SkipLog) -> Iterator[tuple[int, Item, str]]:
         pos = 0
-        for item in self.source.items(epoch, self.seed, self.skips):
+        for item in self.source.items(epoch, self.seed, log):
             caps = item.captions[: self.keep_captions] if self.keep_captions else item.captions
             if self.caption_mode == "all":
                 chosen = caps or [""]
@@ -364,28 +488,42 @@ class PairStream:
                 yield pos, item, cap
                 pos += 1
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Sample]:
-        """Samples of ``epoch`` from stream position ``start`` on (skipped items are counted)."""
-        for pos, item, raw_caption in self._pairs(epoch):
+    def plan(self, epoch: int, start: int = 0) -> Iterator[RawPair | Skip]:
+        """This rank's pairs of ``epoch`` from stream position ``start`` on, in stream order,
+        with the source's skips (missing, empty or corrupt shards) where they occur."""
+        log = _SkipLog()
+        for pos, item, raw_caption in self._pairs(epoch, log):
+            yield from log.drain()
             if pos < start or pos % self.world_size != self.rank:
                 continue
-            caption = self.caption_fn(raw_caption).strip()
-            if not caption:
-                self.skips.add("empty_caption")
-                continue
-            label = self.label_fn(raw_caption)  # the image's class, not the shortened text
-            if label is None:
-                self.skips.add("no_label")
-                continue
-            try:
-                image = self.transform(load_image(item.image))
-            except FileNotFoundError:
-                self.skips.add("missing_image")
-                continue
-            except Exception:  # noqa: BLE001 - any decoder failure is a counted skip
-                self.skips.add("corrupt_image")
-                continue
-            yield Sample(image, caption, label, pos)
+            yield RawPair(pos, item.key, item.image, raw_caption)
+        yield from log.drain()
+
+    def process(self, pair: RawPair, transform: Callable[[Any], Any] | None = None
+                ) -> Sample | Skip:
+        """Caption transform, class label, image decoding and transform of one planned pair
+        (``transform`` replaces the stream's image transform)."""
+        if has_invalid_utf8(pair.caption):
+            return Skip("caption_not_utf8", f"{pair.key}\t{pair.caption}")
+        caption = self.caption_fn(pair.caption).strip()
+        if not caption:
+            return Skip("empty_caption", f"{pair.key}\t{pair.caption}")
+        label = self.label_fn(pair.caption)  # the image's class, not the shortened text
+        if label is None:
+            return Skip("no_label", f"{pair.key}\t{pair.caption}")
+        image, failure = decode_image(pair.image, transform or self.transform)
+        if failure is not None:
+            return Skip(failure, pair.key)
+        return Sample(image, caption, label, pair.position)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Sample]:
+        """Samples of ``epoch`` from stream position ``start`` on (skipped items are counted)."""
+        for event in self.plan(epoch, start):
+            out = self.process(event) if isinstance(event, RawPair) else event
+            if isinstance(out, Skip):
+                self.skips.add(out.reason, out.key)
+            else:
+                yield out
 
 
 def batches(samples: Iterator[Sample], batch_size: int) -> Iterator[list[Sample]]:

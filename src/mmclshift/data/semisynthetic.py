@@ -35,6 +35,7 @@ import torch
 
 from mmclshift.config import ConfigError, param, positive, probability
 from mmclshift.data.digits import Digits
+from mmclshift.errors import DataError
 
 NUM_CLASSES = 10
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -193,6 +194,8 @@ def render(digits: np.ndarray, colours: np.ndarray, kind: str) -> np.ndarray:
 
 def ink_threshold(train_digits: np.ndarray) -> float:
     """Median ink mass of the training digits: the thick/thin boundary of the style detail."""
+    if len(train_digits) == 0:
+        raise DataError("no training digits: the median ink mass of 0 images is undefined")
     return float(np.median(train_digits.reshape(len(train_digits), -1).mean(1)))
 
 

@@ -45,7 +45,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmclshift.data.image_text import IMAGE_EXTENSIONS, load_image
+from mmclshift.data.image_text import IMAGE_EXTENSIONS
+from mmclshift.data.loader import iter_image_batches
 from mmclshift.errors import DataError, UserError
 
 PROTOCOLS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet")
@@ -357,9 +358,10 @@ class Scorer:
 
 @torch.no_grad()
 def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tensor], *,
-             device: torch.device | str = "cpu", batch_size: int = 256, progress: bool = False
-             ) -> dict[str, Any]:
-    """Top-1/top-5 accuracy of ``scorer`` on ``ev``; unreadable images are skipped and counted."""
+             device: torch.device | str = "cpu", batch_size: int = 256, progress: bool = False,
+             workers: int = 0, prefetch: int = 2) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of ``scorer`` on ``ev``; unreadable images are skipped and counted.
+    Images are decoded in ``workers`` DataLoader processes (0: in this one)."""
     device = torch.device(device)
     head_classes = ev.head_classes
     pos = {c: i for i, c in enumerate(head_classes)}
@@ -375,24 +377,19 @@ def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tens
     correct1 = correct5 = n = 0
     skipped: Counter = Counter()
     k = min(5, len(ev.groups))
-    it: Any = range(0, len(ev.samples), batch_size)
+    it: Any = iter_image_batches(ev.samples, preprocess, batch_size, workers=workers,
+                                 prefetch=prefetch, pin_memory=device.type == "cuda")
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc=f"eval {ev.name}", unit="batch")
-    for start in it:
-        imgs, labels = [], []
-        for path, label in ev.samples[start:start + batch_size]:
-            try:
-                imgs.append(preprocess(load_image(path)))
-                labels.append(label)
-            except FileNotFoundError:
-                skipped["missing_image"] += 1
-            except Exception:  # noqa: BLE001
-                skipped["corrupt_image"] += 1
-        if not imgs:
+        it = tqdm(it, desc=f"eval {ev.name}", unit="batch",
+                  total=-(-len(ev.samples) // batch_size))
+    for decoded in it:
+        skipped.update(decoded.skipped)
+        labels = decoded.labels
+        if not labels:
             continue
-        logits = logits_fn(torch.stack(imgs).to(device))  # (b, head)
+        logits = logits_fn(decoded.images.to(device, non_blocking=True))  # (b, head)
         glog = (logits[:, None, :] + member[None]).amax(-1)  # (b, groups)
         y = torch.tensor(labels, device=device)
         topk = glog.topk(k, dim=1).indices

@@ -8,7 +8,8 @@ Each tier registers its kinds here explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 CONFIG_KINDS: dict[str, type] = {}
@@ -18,14 +19,37 @@ THEORY: dict[str, Callable[..., list[dict[str, Any]]]] = {}
 SMOKE: dict[str, Callable[..., Any]] = {}
 
 
-def run(config: Any, out_dir: str, **kwargs: Any) -> list[dict[str, Any]]:
-    """Run one experiment of any registered kind into ``out_dir``; return its result records."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """Read a config file of any registered kind, with ``key=value`` overrides applied."""
+    from mmclshift import config
+
+    return config.load_config(path, overrides, CONFIG_KINDS)
+
+
+def build_config(data: Mapping[str, Any], *, source: str = "<config>") -> Any:
+    """Validate plain config data of any registered kind."""
+    from mmclshift import config
+
+    return config.build_config(data, CONFIG_KINDS, source=source)
+
+
+def run(config: Any, out_dir: str | Path, *, force: bool = False,
+        **kwargs: Any) -> list[dict[str, Any]]:
+    """Run one experiment of any registered kind into ``out_dir``; return its result records.
+
+    A run directory that already holds this config finished is not run again: its eval records
+    are returned. One holding another config is refused (``force``: moved aside first).
+    """
+    from mmclshift import runs
     from mmclshift.errors import UserError
 
     kind = getattr(config, "kind", None)
     if kind not in RUNNERS:
         raise UserError(f"no runner for experiment kind {kind!r}")
-    return RUNNERS[kind](config, out_dir, **kwargs)
+    if runs.is_main_process():
+        if runs.check_run_dir(out_dir, config, force=force) == "done":
+            return runs.eval_records(out_dir)
+    return RUNNERS[kind](config, str(out_dir), **kwargs)
 
 
 def predict(config: Any) -> list[dict[str, Any]]:

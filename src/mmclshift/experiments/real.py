@@ -18,9 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mmclshift.config import ConfigError, from_dict, nonnegative, param, positive, to_dict
+from mmclshift.config import (
+    ConfigError,
+    from_dict,
+    nonnegative,
+    param,
+    path_part,
+    positive,
+    to_dict,
+)
 from mmclshift.errors import UserError
-from mmclshift.runs import RunDir, atomic_write_text, seed_everything
+from mmclshift.runs import RunDir, atomic_write_text, identity_hash, seed_everything
 
 KIND = "clip_real"
 
@@ -46,6 +54,10 @@ class DataConfig:
         "first", help="caption naming several classes: label with the first mentioned, or drop")
     no_class: Literal["drop", "keep"] = param(
         "drop", help="caption naming no class: drop it, or keep it with label -1")
+    workers: int = param(2, help="DataLoader processes decoding images for training and "
+                         "evaluation (0: in the main process; same batches either way)",
+                         check=nonnegative)
+    prefetch: int = param(2, help="chunks decoded ahead per worker", check=positive)
 
 
 @dataclass
@@ -56,7 +68,8 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = param("clip", help="method name used in records and result files")
+    name: str = param("clip", help="method name used in records and result files",
+                      check=path_part)
     kind: Literal["mmcl", "sl"] = param("mmcl", help="mmcl (image + text towers) or sl (image tower"
                                         " + linear head)")
     loss: Literal["clip", "siglip", "clip_no_intra", "ce", "supcon"] = param(
@@ -88,7 +101,8 @@ class TrainConfig:
 
 @dataclass
 class EvalSetConfig:
-    name: str = param("id", help="split name in records ('id' for ImageNet val)")
+    name: str = param("id", help="split name in records ('id' for ImageNet val)",
+                      check=path_part)
     root: str = param("", help="class-folder root of the test set")
     protocol: str = param("imagenet", help="imagenet, imagenet-v2, imagenet-sketch, imagenet-r, "
                           "imagenet-a, objectnet")
@@ -108,7 +122,7 @@ class EvalConfig:
 @dataclass
 class RealExperimentConfig:
     kind: str = param(KIND, help="experiment kind")
-    name: str = param("clip_real", help="experiment name")
+    name: str = param("clip_real", help="experiment name", check=path_part)
     seed: int = param(0, help="seed of model init and data order")
     data: DataConfig = param(default_factory=DataConfig)
     model: ModelConfig = param(default_factory=ModelConfig)
@@ -149,14 +163,18 @@ def _fill(value: Any, fixtures: str) -> Any:
     return value
 
 
-def smoke_config(cfg: RealExperimentConfig, out_dir: str | Path) -> RealExperimentConfig:
-    """Build fixtures under ``out_dir/fixtures`` and apply ``cfg.smoke`` to a copy of ``cfg``."""
+def smoke_config(cfg: RealExperimentConfig, out_dir: str | Path, *,
+                 build: bool = True) -> RealExperimentConfig:
+    """Apply ``cfg.smoke`` to a copy of ``cfg``, with ``{fixtures}`` = ``out_dir/fixtures``;
+    ``build``: also write the fixtures there (idempotent)."""
     from mmclshift.data.fixtures import build_fixtures
 
-    fx = build_fixtures(Path(out_dir) / "fixtures")
+    root = Path(out_dir) / "fixtures"
+    if build:
+        root = Path(build_fixtures(root)["root"])
     data = to_dict(cfg)
     for key, value in cfg.smoke.items():
-        _set_dotted(data, key, _fill(value, str(fx["root"])))
+        _set_dotted(data, key, _fill(value, str(root)))
     return from_dict(RealExperimentConfig, data)
 
 
@@ -193,7 +211,8 @@ def train_settings(cfg: RealExperimentConfig):
                          lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                          grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
                          log_every=t.log_every, precision=t.precision,
-                         supcon_temperature=t.supcon_temperature)
+                         supcon_temperature=t.supcon_temperature, workers=cfg.data.workers,
+                         prefetch=cfg.data.prefetch)
 
 
 def build_method(cfg: RealExperimentConfig, method: MethodConfig, n_classes: int):
@@ -213,23 +232,38 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
                    stop_after: int | None = None) -> list[dict[str, Any]]:
     """Train every method of ``cfg`` and evaluate it on every test set; return the eval records."""
     from mmclshift.data.captions import load_vocab
-    from mmclshift.evaluate.zeroshot import Scorer, TextHeadCache, evaluate, resolve_eval_set
+    from mmclshift.evaluate.zeroshot import (
+        Scorer,
+        TextHeadCache,
+        evaluate,
+        load_templates,
+        resolve_eval_set,
+    )
     from mmclshift.train.clip import init_distributed, train
 
+    # every input is checked before the run directory is touched and before the first step
+    for key, name in [*((f"methods[{i}].name", m.name) for i, m in enumerate(cfg.methods)),
+                      *((f"eval.sets[{i}].name", e.name) for i, e in enumerate(cfg.eval.sets))]:
+        if path_part(name):  # also for configs built without from_dict
+            raise ConfigError(f"config key '{key}': {path_part(name)}; got {name!r}")
+    vocab = load_vocab(cfg.data.vocab)
+    settings = train_settings(cfg)
+    eval_sets = [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
+                                  classes_file=s.classes_file, mappings_dir=s.mappings_dir,
+                                  expected_size=s.expected_size) for s in cfg.eval.sets]
+    if eval_sets and any(m.kind == "mmcl" for m in cfg.methods):
+        load_templates(cfg.eval.templates)
     dist_info = init_distributed(cfg.train.device)
-    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=str(dist_info.device)) \
+    run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=str(dist_info.device),
+                        resume=cfg.train.resume is not None) \
         if dist_info.is_main else RunDir(out_dir)
     if dist_info.world_size > 1:
         import torch.distributed as tdist
 
         tdist.barrier()
     records: list[dict[str, Any]] = []
-    vocab = load_vocab(cfg.data.vocab)
-    settings = train_settings(cfg)
-    eval_sets = [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
-                                  classes_file=s.classes_file, mappings_dir=s.mappings_dir,
-                                  expected_size=s.expected_size) for s in cfg.eval.sets]
     cache = TextHeadCache()
+    identity = identity_hash(cfg)
     with run.guard():
         for method in cfg.methods:
             model, preprocess, tokenizer = build_method(cfg, method, len(vocab))
@@ -237,7 +271,7 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
                                   world_size=dist_info.world_size)
             result = train(model, method.kind, method.loss, stream, tokenizer, settings, run,
                            method.name, dist_info=dist_info, resume=cfg.train.resume,
-                           progress=progress, stop_after=stop_after)
+                           progress=progress, stop_after=stop_after, identity=identity)
             if result.step < cfg.train.steps:
                 return records  # stopped early (simulated kill): no evaluation
             if not dist_info.is_main:
@@ -247,7 +281,8 @@ def run_experiment(cfg: RealExperimentConfig, out_dir: str, *, progress: bool = 
                             templates=cfg.eval.templates, cache=cache)
             for ev in eval_sets:
                 rec = evaluate(scorer, ev, preprocess, device=dist_info.device,
-                               batch_size=cfg.eval.batch_size, progress=progress)
+                               batch_size=cfg.eval.batch_size, progress=progress,
+                               workers=cfg.data.workers, prefetch=cfg.data.prefetch)
                 rec = {"event": "eval", "method": method.name, **{k: v for k, v in rec.items()
                                                                    if k != "event"},
                        "step": result.step, "loss": method.loss, "model": cfg.model.name,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mmclshift.config import ConfigError, each, param, probability, replace
+from mmclshift.config import ConfigError, each, param, path_part, probability, replace
 from mmclshift.data.digits import load_digits
 from mmclshift.data.semisynthetic import (
     MAX_CAPTION_LEN,
@@ -37,7 +37,7 @@ from mmclshift.data.semisynthetic import (
 from mmclshift.evaluate.semisynthetic import accuracy, predict, zero_shot_head
 from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
 from mmclshift.report_text import format_table
-from mmclshift.runs import RunDir, is_done, read_metrics, seed_everything
+from mmclshift.runs import RunDir, check_run_dir, eval_records, seed_everything
 from mmclshift.train.images import (
     MMCLLossConfig,
     TrainConfig,
@@ -65,7 +65,8 @@ class GridConfig:
 @dataclass
 class SemiSyntheticExperiment:
     kind: str = param("semisynthetic", help="experiment kind")
-    name: str = param("semisynthetic", help="a name for the run (used in default run-directory names)")
+    name: str = param("semisynthetic", help="a name for the run (used in default run-directory names)",
+                      check=path_part)
     seed: int = param(0, help="seed of the data construction, initialisation and minibatch order")
     device: str = param("cpu", help="cpu, cuda, cuda:N")
     threads: int = param(1, help="torch CPU threads during the run (0: leave torch's setting); "
@@ -223,12 +224,15 @@ def grid_cells(cfg: SemiSyntheticExperiment) -> list[tuple[str, SemiSyntheticExp
 
 
 def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
-             split: str = "ood") -> dict[str, Any]:
+             split: str = "ood", force: bool = False) -> dict[str, Any]:
     """Figure 2: MMCL's accuracy on ``split`` over ``grid.pi_core`` x ``grid.pi_spu`` vs SL's.
 
-    Every run gets its own directory under ``out_dir`` (skipped when already done). SL does not
-    read captions, so it is trained once per seed on the same images the MMCL cells use.
-    Returns ``{"rows": [...], "table": str, "seconds": float}``; rows hold per-cell means over seeds.
+    Every run gets its own directory under ``out_dir``, skipped when it holds the cell's config
+    finished. A cell directory holding another config is refused (one line naming the keys)
+    before any cell trains; ``force`` moves such directories aside and retrains them.
+    SL does not read captions, so it is trained once per seed on the same images the MMCL
+    cells use. Returns ``{"rows": [...], "table": str, "seconds": float}``; rows hold per-cell
+    means over seeds.
     """
     if split not in cfg.splits:
         raise ConfigError(f"config key 'splits': the grid reports split {split!r}, which is not evaluated")
@@ -236,13 +240,16 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
     t0 = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     cells = grid_cells(cfg)
+    states = {name: check_run_dir(out / name, cell_cfg) if not force else None
+              for name, cell_cfg in cells}  # refuses a changed cell before anything trains
     for i, (name, cell_cfg) in enumerate(cells):
         run_dir = out / name
-        if not is_done(run_dir):
+        state = states[name] or check_run_dir(run_dir, cell_cfg, force=True)
+        if state != "done":
             if progress:
                 print(f"[grid {i + 1}/{len(cells)}] {name}", flush=True)
             run_experiment(cell_cfg, run_dir, progress=progress)
-        results[name] = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
+        results[name] = eval_records(run_dir)
 
     def acc(name: str, method: str, which: str) -> float | None:
         for r in results[name]:

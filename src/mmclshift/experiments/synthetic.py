@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mmclshift.config import ConfigError, at_least, param, positive
+from mmclshift.config import ConfigError, at_least, param, path_part, positive
 from mmclshift.data.synthetic import (
     SPLITS,
     DataModel1Config,
@@ -53,7 +53,8 @@ METHODS = ("mmcl", "sl")
 @dataclass
 class _SyntheticBase:
     kind: str = param("data_model_1", help="experiment kind")
-    name: str = param("synthetic", help="a name for the run (used in default run-directory names)")
+    name: str = param("synthetic", help="a name for the run (used in default run-directory names)",
+                      check=path_part)
     seed: int = param(0, help="master seed; data_seed and init_seed default to it")
     data_seed: int | None = param(None, help="seed of the training and test draws (default: seed)")
     init_seed: int | None = param(None, help="seed of model initialisation and minibatch order (default: seed)")

@@ -1,9 +1,10 @@
 """Running sweeps: job directories named by config hash, resume, status, launchers.
 
 Each job runs in ``<out>/<kind>-<config hash>``; a job whose directory has a ``done`` marker is
-skipped, so rerunning a sweep trains only what is missing. A failing job leaves its traceback in
-``error.txt`` and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so
-:func:`status` can tell done / failed / running / missing.
+skipped, so rerunning a sweep trains only what is missing; a job directory holding another
+config is refused (``force``: moved aside). A failing job leaves its traceback in ``error.txt``
+and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can
+tell done / running / killed / failed / missing (a pid check on the job's running.json).
 
 Launchers (:data:`LAUNCHERS`): ``local`` (in this process; synthetic jobs that can be batched go
 through :mod:`mmclshift.train.batched`), ``processes`` (a process pool), ``ray`` (Ray tasks on an
@@ -26,7 +27,14 @@ from tqdm.auto import tqdm
 
 from mmclshift.config import build_config, to_dict
 from mmclshift.errors import UserError
-from mmclshift.runs import DONE_FILE, ERROR_FILE, RunDir, atomic_write_text, is_done
+from mmclshift.runs import (
+    ERROR_FILE,
+    RunDir,
+    atomic_write_text,
+    check_run_dir,
+    make_run_dir,
+    run_state,
+)
 from mmclshift.sweeps.spec import Job
 
 PLAN_FILE = "sweep.json"
@@ -156,11 +164,41 @@ def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progre
     return status
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the launcher that started it is gone.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); everywhere a
+    watchdog thread also polls the parent pid and exits when it changes (reparenting).
+    """
+    import ctypes
+    import os
+    import signal
+    import threading
+    import time
+
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="mmclshift-parent-watchdog", daemon=True).start()
+
+
 def launch_processes(jobs: Sequence[Job], out: Path, *, workers: int = 2, **_: Any) -> dict[str, str]:
+    """A pool of ``workers`` spawned processes; killing the launcher ends its workers too."""
     import multiprocessing as mp
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {j.name: pool.submit(run_job, to_dict(j.config), str(out / j.name)) for j in jobs}
         return {name: f.result() for name, f in futures.items()}
 
@@ -217,15 +255,21 @@ LAUNCHERS: dict[str, Callable[..., dict[str, str]]] = {
 
 
 def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "local",
-              max_jobs: int | None = None, **options: Any) -> SweepResult:
-    """Run the jobs not yet done (at most ``max_jobs`` of them) with a launcher."""
+              max_jobs: int | None = None, force: bool = False, **options: Any) -> SweepResult:
+    """Run the jobs not yet done (at most ``max_jobs`` of them) with a launcher.
+
+    Each job is a run: a job directory holding another config is refused in one line before
+    any job starts, or (``force``) moved aside and the job rerun.
+    """
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} (one of {', '.join(LAUNCHERS)})")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_run_dir(out_dir, "sweep directory")
+    if not force:  # every refusal before anything is written or trained
+        for j in jobs:
+            check_run_dir(out / j.name, j.config)
     plan = {"jobs": [j.name for j in jobs], "configs": {j.name: to_dict(j.config) for j in jobs}}
     atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
-    todo = [j for j in jobs if not is_done(out / j.name)]
+    todo = [j for j in jobs if check_run_dir(out / j.name, j.config, force=force) != "done"]
     skipped = len(jobs) - len(todo)
     if max_jobs is not None:
         todo = todo[:max_jobs]
@@ -237,22 +281,21 @@ def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "loca
                        sorted(n for n, s in status.items() if s != "done"))
 
 
+STATES = ("done", "running", "killed", "failed", "missing")
+
+
 def status(out_dir: str | Path) -> dict[str, str]:
-    """{job name: done | failed | running | missing} for the sweep planned in ``out_dir``."""
+    """{job name: done | running | killed | failed | missing} for the sweep planned in ``out_dir``.
+
+    ``running`` needs the job's process alive (its pid, recorded in the job's running.json, is
+    checked on this host); a job started but not finished whose process is gone is ``killed``.
+    """
     out = Path(out_dir)
     plan_file = out / PLAN_FILE
     if not plan_file.is_file():
         raise UserError(f"{out}: no {PLAN_FILE} (not a sweep directory)")
-    names = json.loads(plan_file.read_text())["jobs"]
-    result = {}
-    for name in names:
-        d = out / name
-        if (d / DONE_FILE).is_file():
-            result[name] = "done"
-        elif (d / ERROR_FILE).is_file():
-            result[name] = "failed"
-        elif d.is_dir():
-            result[name] = "running"
-        else:
-            result[name] = "missing"
-    return result
+    try:
+        names = json.loads(plan_file.read_text())["jobs"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{plan_file}: unreadable sweep plan") from None
+    return {name: run_state(out / name) for name in names}

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmclshift import losses
-from mmclshift.data.image_text import PairStream, Sample, batches
+from mmclshift.data.image_text import PairStream
+from mmclshift.data.loader import Batch, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
 
@@ -68,6 +69,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")) or 0)
     local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")) or 0)
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(f"config key 'train.device': {device} requested but CUDA is not available")
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -96,6 +99,8 @@ class TrainSettings:
     log_every: int = 10
     precision: str = "fp32"
     supcon_temperature: float = 0.1
+    workers: int = 0  # DataLoader processes decoding images (0: in the training process)
+    prefetch: int = 2  # chunks decoded ahead per worker
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -158,9 +163,13 @@ class TrainResult:
     losses: list[float]
 
 
-def _batch_iter(stream: PairStream, per_rank: int, epoch: int, start: int
-                ) -> Iterator[list[Sample]]:
-    return batches(stream.epoch(epoch, start), per_rank)
+def _batch_iter(stream: PairStream, per_rank: int, epoch: int, start: int, settings: TrainSettings,
+                device: torch.device, tokenizer: Callable[[list[str]], torch.Tensor] | None
+                ) -> Generator[Batch, None, None]:
+    """The epoch's batches (decoded in ``settings.workers`` processes, pinned on GPU)."""
+    return iter_batches(stream, per_rank, epoch, start, workers=settings.workers,
+                        prefetch=settings.prefetch, pin_memory=device.type == "cuda",
+                        tokenizer=tokenizer)
 
 
 def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
@@ -174,16 +183,31 @@ def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
     return [int(t.item()) for t in out]
 
 
+def _check_resume(state: dict, path: Path, method: str, identity: str | None) -> None:
+    """A checkpoint resumes only the run (config identity) and method that wrote it."""
+    missing = [k for k in ("model", "optimizer", "step", "epoch", "cursors") if k not in state]
+    if missing:
+        raise UserError(f"resume: {path} is not a training checkpoint (no {', '.join(missing)})")
+    if state.get("method") not in (None, method):
+        raise UserError(f"resume: {path} holds method {state['method']!r}, not {method!r}")
+    stored = state.get("identity")
+    if identity is not None and stored is not None and stored != identity:
+        raise UserError(f"resume: {path} was written by another config (identity {stored}, this "
+                        f"run {identity}); set train.resume=null to start afresh, or use --force")
+
+
 def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
           tokenizer: Callable[[list[str]], torch.Tensor] | None, settings: TrainSettings,
           run: RunDir, method: str, *, dist_info: DistInfo | None = None,
           resume: str | None = None, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, identity: str | None = None) -> TrainResult:
     """Train ``model`` for ``settings.steps`` optimizer steps; see the module docstring.
 
     ``resume`` is None, ``"latest"`` (this method's last checkpoint in ``run``, if any) or a
-    checkpoint path. ``stop_after`` ends the run after that many steps of *this call* (used to
-    simulate a killed job).
+    checkpoint path. ``identity`` (the run config's :func:`~mmclshift.runs.identity_hash`) is
+    stored in every checkpoint, and a checkpoint written under another identity is refused.
+    ``stop_after`` ends the run after that many steps of *this call* (used to simulate a killed
+    job).
     """
     d = dist_info or DistInfo()
     if settings.batch_size % d.world_size:
@@ -217,15 +241,23 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
             raise UserError(f"resume: checkpoint {resume} not found")
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path, map_location=d.device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        _check_resume(state, ckpt_path, method, identity)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else repr(exc)
+            raise UserError(f"resume: checkpoint {ckpt_path} does not fit this model "
+                            f"({first})") from None
         step, epoch = int(state["step"]), int(state["epoch"])
+        if d.is_main:
+            run.log_metrics({"event": "resume", "method": method, "step": step})
         cursors = [int(c) for c in state["cursors"]]
         if len(cursors) != d.world_size:
             raise UserError(f"resume: checkpoint {ckpt_path} was written by {len(cursors)} "
                             f"processes, this run has {d.world_size}")
         cursor = cursors[d.rank]
-        stream.skips.counts.update({k: int(v) for k, v in state.get("skips", {}).items()})
+        stream.skips.load(state.get("skips", {}))
         if d.is_main:
             log.info("resumed %s from %s at step %d", method, ckpt_path, step)
 
@@ -241,13 +273,14 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
 
         bar = tqdm(total=settings.steps, initial=step, desc=f"train {method}", unit="step")
 
-    it = _batch_iter(stream, per_rank, epoch, cursor)
+    text_tok = tokenizer if kind == "mmcl" else None
+    it = _batch_iter(stream, per_rank, epoch, cursor, settings, d.device, text_tok)
     losses_seen: list[float] = []
     t0, seen = time.perf_counter(), 0
     steps_this_call = 0
     empty_epochs = 0
 
-    def next_batch() -> list[Sample]:
+    def next_batch() -> Batch:
         nonlocal it, epoch, cursor, empty_epochs
         while True:
             b = next(it, None)
@@ -260,7 +293,8 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
                 raise UserError(
                     f"{method}: the data yields fewer than {per_rank} usable samples per process "
                     f"(skipped: {stream.skips.as_dict()})")
-            it = _batch_iter(stream, per_rank, epoch, 0)
+            it.close()
+            it = _batch_iter(stream, per_rank, epoch, 0, settings, d.device, text_tok)
 
     ddp_model.train()
     while step < settings.steps:
@@ -270,9 +304,9 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
         total = 0.0
         for micro in range(settings.accum_steps):
             batch = next_batch()
-            images = torch.stack([s.image for s in batch]).to(d.device)
-            labels = torch.tensor([s.label for s in batch], dtype=torch.long, device=d.device)
-            texts = tokenizer([s.caption for s in batch]).to(d.device) if kind == "mmcl" else None
+            images = batch.images(d.device)
+            labels = torch.tensor(batch.labels, dtype=torch.long).to(d.device, non_blocking=True)
+            texts = batch.texts(d.device)
             sync = micro == settings.accum_steps - 1 or d.world_size == 1
             ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
             with ctx:
@@ -281,7 +315,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
                                         settings)
                 (loss / settings.accum_steps).backward()
             total += float(loss.detach()) / settings.accum_steps
-            cursor = batch[-1].position + 1
+            cursor = batch.positions[-1] + 1
             seen += len(batch) * d.world_size
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -308,7 +342,8 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
             if d.is_main:
                 save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "step": step, "epoch": epoch, "cursors": cursors,
-                                 "skips": stream.skips.as_dict(), "method": method},
+                                 "skips": stream.skips.state(), "method": method,
+                                 "identity": identity},
                                 run.checkpoint_dir / ckpt_name)
             if d.world_size > 1:
                 import torch.distributed as dist
@@ -316,6 +351,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
                 dist.barrier()
         if stop_after is not None and steps_this_call >= stop_after:
             break
+    it.close()  # stops the loader's workers
     if bar is not None:
         bar.close()
     if writer is not None:
