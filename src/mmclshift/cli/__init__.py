@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import claims, collect, demo, grid, report, robustness, sweep, theory, train
+from mmclshift.cli import (
+    claims,
+    collect,
+    demo,
+    grid,
+    report,
+    robustness,
+    sweep,
+    theory,
+    theory_map,
+    train,
+)
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -30,6 +41,7 @@ COMMANDS: dict[str, ModuleType] = {
     "report": report,
     "claims": claims,
     "sweep": sweep,
+    "theory-map": theory_map,
 }
 
 

@@ -94,10 +94,15 @@ class DataModel2Config:
     """Definition 4.6 parameters (plus feature masking, Definition 5.1)."""
 
     num_classes: int = param(4, help="number of classes K", check=at_least(2))
-    num_details: int = param(4, help="number of shared details L", check=positive)
+    num_details: int = param(5, help="number of shared details L", check=positive)
     class_details: list[list[int]] = param(
-        default_factory=lambda: [[0, 1], [1, 2], [2, 3], [3, 0]],
+        default_factory=lambda: [[0, 1], [1, 2], [2, 3], [3, 4]],
         help="for each class, the indices of its details (details may be shared between classes)",
+    )
+    sharing: float | None = param(
+        None, help="if set, generate class_details (overriding it and num_details): each class has two "
+        "details, and round(sharing * K) classes share their second detail with the next class "
+        "(0: all private, 2K details; 1: a ring of K shared details)",
     )
     detail_prob: float = param(0.8, help="P(a class's detail is visible in an image of that class)", check=probability)
     detail_mean: float = param(1.0, help="magnitude of a visible detail", check=positive)
@@ -109,7 +114,26 @@ class DataModel2Config:
     pi_spu: float = param(1.0, help="P(the spurious feature is annotated in the caption)", check=probability)
     input: InputSpace = field(default_factory=InputSpace)
 
+    def details(self) -> tuple[int, list[list[int]]]:
+        """(number of details, each class's details): from ``sharing`` when set."""
+        if self.sharing is None:
+            return self.num_details, self.class_details
+        K = self.num_classes
+        shared = round(self.sharing * K)
+        out, nxt = [], K
+        for k in range(K):
+            if k < shared:
+                out.append([k, (k + 1) % K])
+            else:
+                out.append([k, nxt])
+                nxt += 1
+        return nxt, out
+
     def validate(self) -> None:
+        if self.sharing is not None and not 0.0 <= self.sharing <= 1.0:
+            raise ConfigError(f"config key 'sharing': must be in [0, 1] or null; got {self.sharing}")
+        if self.sharing is not None and self.num_classes < 3:
+            raise ConfigError("config key 'sharing': needs num_classes >= 3")
         if len(self.class_details) != self.num_classes:
             raise ConfigError(
                 f"config key 'class_details': needs one list per class ({self.num_classes}), "
@@ -215,7 +239,8 @@ class DataModel2(SyntheticDataModel):
     def __init__(self, cfg: DataModel2Config) -> None:
         self.cfg = cfg
         self.input = cfg.input
-        K, L = cfg.num_classes, cfg.num_details
+        self.num_details, self.class_details = cfg.details()
+        K, L = cfg.num_classes, self.num_details
         self.feature_names = [f"detail_{j}" for j in range(L)] + [f"spurious_{k}" for k in range(K)]
         self.num_classes = K
         self.core_features = list(range(L))
@@ -237,12 +262,12 @@ class DataModel2(SyntheticDataModel):
 
     def mixture(self, split: str) -> LatentMixture:
         c = self.cfg
-        K, L = c.num_classes, c.num_details
+        K, L = c.num_classes, self.num_details
         m = L + K
         cov = np.diag([c.sigma_detail**2] * L + [c.sigma_spu**2] * K)
         comps = []
         for y in range(K):
-            details = c.class_details[y]
+            details = self.class_details[y]
             spu = self.spurious_distribution(split, y)
             for present in itertools.product((0, 1), repeat=len(details)):
                 k_on = sum(present)
@@ -260,12 +285,12 @@ class DataModel2(SyntheticDataModel):
 
     def annotation_probs(self) -> np.ndarray:
         c = self.cfg
-        return np.array([c.pi_core] * c.num_details + [c.pi_spu] * c.num_classes)
+        return np.array([c.pi_core] * self.num_details + [c.pi_spu] * c.num_classes)
 
     def prompts(self) -> np.ndarray:
         c = self.cfg
-        P = np.zeros((c.num_classes, c.num_details + c.num_classes))
-        for k, details in enumerate(c.class_details):
+        P = np.zeros((c.num_classes, self.num_details + c.num_classes))
+        for k, details in enumerate(self.class_details):
             P[k, details] = c.detail_mean
         return P
 

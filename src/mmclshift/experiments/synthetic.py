@@ -11,6 +11,10 @@ error of training can be told apart).
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,12 +38,12 @@ from mmclshift.evaluate.linear import (
     zero_shot_rule,
 )
 from mmclshift.runs import RunDir
+from mmclshift.theory.accuracy import batch_rule_accuracies
 from mmclshift.theory.linear import (
     cross_covariance,
     image_noise_var,
-    mmcl_zero_shot_accuracy,
-    sl_accuracy,
-    sl_population_rule,
+    mmcl_bilinears,
+    sl_population_rules,
 )
 from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 from mmclshift.train.linear import MMCLConfig, OptimConfig, SLConfig, train_mmcl, train_sl
@@ -116,6 +120,15 @@ def _split_seed(seed: int, split: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def split_test_seed(cfg: SyntheticExperiment, split: str) -> int:
+    """Seed of a test split: depends on the data seed, the split and the data model's parameters,
+    so runs at different parameter points are scored on independent test sets."""
+    from mmclshift.config import to_dict
+
+    point = json.dumps(to_dict(cfg.data), sort_keys=True)
+    return _split_seed(cfg.effective_data_seed, f"{split}:{point}")
+
+
 def _dtype(cfg: SyntheticExperiment) -> torch.dtype:
     return torch.float64 if cfg.dtype == "float64" else torch.float32
 
@@ -123,33 +136,88 @@ def _dtype(cfg: SyntheticExperiment) -> torch.dtype:
 # --------------------------------------------------------------------------- theory
 
 
-def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float | None]:
-    """{(method, split): predicted population accuracy} for the config's methods and splits.
-
-    MMCL predictions exist for the linear loss (the minimiser SVD_p(C^Tr)/rho); SL predictions
-    for the gd solver (the population minimiser of the regularised logistic / CE loss).
-    """
-    model = data_model(cfg)
-    out: dict[tuple[str, str], float | None] = {}
-    mmcl_ok = cfg.mmcl.loss == "linear"
-    sl_rule = sl_population_rule(model, cfg.sl.weight_decay) if cfg.sl.solver == "gd" else None
-    for split in cfg.splits:
-        out[("mmcl", split)] = (
-            mmcl_zero_shot_accuracy(model, split, embed_dim=cfg.mmcl.embed_dim, rho=cfg.mmcl.rho)
-            if mmcl_ok else None
+def assumption_warnings(cfg: SyntheticExperiment) -> list[str]:
+    """One-line warnings where a config leaves the paper's assumptions."""
+    out = []
+    bound = 1.0 / math.sqrt(math.log(cfg.n_train))
+    if cfg.data.sigma_spu > bound:
+        out.append(
+            f"data.sigma_spu={cfg.data.sigma_spu:g} exceeds 1/sqrt(log n_train)={bound:.3g} "
+            f"(n_train={cfg.n_train}): the paper's theorems assume sigma_spu = O(1/sqrt(log n))"
         )
-        out[("sl", split)] = sl_accuracy(model, split, sl_rule) if sl_rule is not None else None
     return out
 
 
+def theory_records(cfgs: Sequence[SyntheticExperiment]) -> list[list[dict[str, Any]]]:
+    """Theory records of many configs (one list per config, one record per (method, split)).
+
+    Batched: SL rules of equal-shape binary models are solved together and each distinct training
+    distribution once; every accuracy of every config is one batched orthant integral. A record is
+    ``{"method", "split", "accuracy", "n": None, "source": "theory", "kind"}`` plus, for MMCL at a
+    tie of singular values at the rank cut, ``"range": [min, max]`` over the tied minimisers and
+    ``"warning"``; its ``accuracy`` is then null unless the range is narrower than
+    :data:`TIE_RANGE_TOL`. MMCL predictions exist for the linear loss, SL ones for the gd solver.
+    """
+    models = [data_model(c) for c in cfgs]
+    gd = [i for i, c in enumerate(cfgs) if c.sl.solver == "gd"]
+    sl_rules: dict[int, Any] = {}
+    by_wd: dict[float, list[int]] = {}
+    for i in gd:
+        by_wd.setdefault(cfgs[i].sl.weight_decay, []).append(i)
+    for wd, idx in by_wd.items():
+        for i, rule in zip(idx, sl_population_rules([models[i] for i in idx], wd), strict=True):
+            sl_rules[i] = rule
+    jobs: list[tuple] = []
+    slots: list[tuple[int, str, str, int]] = []  # (config, method, split, number of jobs)
+    cuts: dict[int, Any] = {}
+    for i, (cfg, model) in enumerate(zip(cfgs, models, strict=True)):
+        nv, P = image_noise_var(model), model.prompts()
+        Ms = None
+        if cfg.mmcl.loss == "linear":
+            Ms, cuts[i] = mmcl_bilinears(cross_covariance(model), cfg.mmcl.embed_dim, cfg.mmcl.rho)
+        for split in cfg.splits:
+            mix = model.mixture(split)
+            if Ms is not None:
+                jobs.extend((mix, P @ M.T, None, nv) for M in Ms)
+                slots.append((i, "mmcl", split, len(Ms)))
+            else:
+                slots.append((i, "mmcl", split, 0))
+            if i in sl_rules:
+                jobs.append((mix, sl_rules[i].A, sl_rules[i].b, nv))
+                slots.append((i, "sl", split, 1))
+            else:
+                slots.append((i, "sl", split, 0))
+    accs = batch_rule_accuracies(jobs)
+    out: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    pos = 0
+    for i, method, split, n in slots:
+        rec: dict[str, Any] = {"method": method, "split": split, "accuracy": None, "n": None,
+                               "source": "theory", "kind": cfgs[i].kind}
+        vals = accs[pos : pos + n]
+        pos += n
+        if n == 1:
+            rec["accuracy"] = vals[0]
+        elif n > 1:
+            lo, hi = min(vals), max(vals)
+            rec["range"] = [lo, hi]
+            rec["warning"] = cuts[i].warning()
+            rec["accuracy"] = 0.5 * (lo + hi) if hi - lo <= TIE_RANGE_TOL else None
+        out[i].append(rec)
+    return out
+
+
+#: a tied block whose minimisers' accuracies differ by less than this gives a prediction
+TIE_RANGE_TOL = 1e-6
+
+
+def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float | None]:
+    """{(method, split): predicted population accuracy (None where there is none)}."""
+    return {(r["method"], r["split"]): r["accuracy"] for r in theory_records([cfg])[0]}
+
+
 def predict(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
-    """Theory records: one per (method, split), with ``n`` null."""
-    preds = theory_predictions(cfg)
-    return [
-        {"method": method, "split": split, "accuracy": acc, "n": None, "source": "theory",
-         "kind": cfg.kind}
-        for (method, split), acc in preds.items()
-    ]
+    """Theory records: one per (method, split), with ``n`` null (see :func:`theory_records`)."""
+    return theory_records([cfg])[0]
 
 
 def describe_cross_covariance(cfg: SyntheticExperiment) -> tuple[list[str], np.ndarray]:
@@ -176,7 +244,7 @@ class PreparedJob:
         cfg = self.cfg
         key = (cfg.kind, repr(cfg.data), cfg.device, cfg.dtype, split, cfg.n_test, cfg.effective_data_seed)
         if key not in self.cache:
-            gen = torch.Generator().manual_seed(_split_seed(cfg.effective_data_seed, split))
+            gen = torch.Generator().manual_seed(split_test_seed(cfg, split))
             self.cache[key] = self.sampler.sample(split, cfg.n_test, gen)
         return self.cache[key]
 
@@ -239,6 +307,8 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
 def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
                    theory: bool = True) -> list[dict[str, Any]]:
     """Train MMCL and SL on one draw of the data model; evaluate; write the run directory."""
+    for line in assumption_warnings(cfg):
+        warnings.warn(line, stacklevel=2)
     with torch_threads(cfg.threads):  # before create: env.json records the run's threads
         run = RunDir.create(out_dir, cfg, seed=cfg.seed, device=cfg.device)
         with run.guard():
@@ -253,4 +323,4 @@ def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: b
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
            "PreparedJob", "evaluate_job", "predict", "prepare_job", "run_experiment",
-           "theory_predictions"]
+           "theory_predictions", "theory_records", "assumption_warnings"]
