@@ -18,7 +18,7 @@ import sys
 
 from mmclshift.analysis.theory_map import parse_axis, summarise, theory_map, write_map
 from mmclshift.cli.common import add_config_args
-from mmclshift.config import load_config
+from mmclshift.experiments import load_config
 
 HELP = "closed-form MMCL vs SL predictions over a 2-D grid of config keys (a map of each claim)"
 
