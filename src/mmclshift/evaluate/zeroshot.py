@@ -56,7 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmclshift.data.image_text import IMAGE_EXTENSIONS, load_image
+from mmclshift.data.image_text import IMAGE_EXTENSIONS
 from mmclshift.data.loader import iter_image_batches
 from mmclshift.errors import DataError, UserError
 
@@ -157,11 +157,6 @@ class EvalSet:
     @property
     def head_classes(self) -> list[int]:
         return sorted({c for g in self.groups for c in g})
-
-    def load(self, path: str) -> Any:
-        """The image at ``path`` as RGB PIL, without its ``border`` (ObjectNet's frame)."""
-        image = load_image(path)
-        return BorderCrop(self.border)(image) if self.border else image
 
 
 class BorderCrop:
