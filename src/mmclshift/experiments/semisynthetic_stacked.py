@@ -24,6 +24,7 @@ from mmclshift.config import to_dict
 from mmclshift.data.digits import load_digits
 from mmclshift.experiments import semisynthetic as semi
 from mmclshift.runs import RunDir
+from mmclshift.threads import torch_threads
 from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reason
 
 
@@ -90,52 +91,49 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
     if device.type == "cuda" and not torch.cuda.is_available():
         raise semi.ConfigError(f"config key 'device': {cfg0.device} requested but CUDA is not available")
     digits = {cfg.data.root: load_digits(cfg.data.root) for _, cfg in members}  # before any run dir
-    threads = torch.get_num_threads()
-    if cfg0.threads:
-        torch.set_num_threads(cfg0.threads)
-    runs: list[RunDir] = []
-    writers: list[Any] = []
-    try:
-        t0 = time.perf_counter()
-        prepared, shared = [], {}
-        for name, cfg in members:
-            run = RunDir.create(out / name, cfg, seed=cfg.seed, device=str(device))
-            runs.append(run)
-            writers.append(semi._tensorboard(run.path))
-            data = semi.start_run(cfg, run, digits[cfg.data.root])
-            for split in data.values():  # runs of one seed share their images: keep one copy
-                key = (cfg.seed, split.name, tuple(split.images.shape))
-                kept = shared.setdefault(key, split.images)
-                if kept is not split.images and torch.equal(kept, split.images):
-                    split.images = kept
-            prepared.append(data)
-        if progress:
-            print(f"[grid] training {len(members)} {method} runs as one stacked model", flush=True)
-        cells = []
-        for (_, cfg), run, writer, data in zip(members, runs, writers, prepared, strict=True):
-            train = data["train"]
-            images = train.images.to(device) if device.type == "cuda" else train.images
-            cells.append(StackedCell(semi.new_model(cfg, method, device), images,
-                                     train.tokens if method == "mmcl" else train.labels,
-                                     cfg.seed + 1, _logger(run, writer)))
-        stats = train_stacked(cells, method, cfg0.train, mmcl=cfg0.mmcl, device=device,
-                              progress=progress, desc=f"train {method} x{len(cells)}")
-        for (_, cfg), run, writer, data, cell, st in zip(members, runs, writers, prepared, cells, stats,
-                                                          strict=True):
-            semi.save_model(cfg, run, method, cell.model)
-            semi.finish_run(cfg, run, digits[cfg.data.root], data, {method: cell.model},
-                            {method: st["samples_per_s"]}, t0, device, writer,
-                            summary={"stacked_cells": len(cells)})
-    except BaseException as exc:
-        for run in runs:
-            if not run.done:
-                run.mark_failed(exc)
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        for writer in writers:
-            if writer is not None:
-                writer.close()
+    with torch_threads(cfg0.threads):
+        runs: list[RunDir] = []
+        writers: list[Any] = []
+        try:
+            t0 = time.perf_counter()
+            prepared, shared = [], {}
+            for name, cfg in members:
+                run = RunDir.create(out / name, cfg, seed=cfg.seed, device=str(device))
+                runs.append(run)
+                writers.append(semi._tensorboard(run.path))
+                data = semi.start_run(cfg, run, digits[cfg.data.root])
+                for split in data.values():  # runs of one seed share their images: keep one copy
+                    key = (cfg.seed, split.name, tuple(split.images.shape))
+                    kept = shared.setdefault(key, split.images)
+                    if kept is not split.images and torch.equal(kept, split.images):
+                        split.images = kept
+                prepared.append(data)
+            if progress:
+                print(f"[grid] training {len(members)} {method} runs as one stacked model", flush=True)
+            cells = []
+            for (_, cfg), run, writer, data in zip(members, runs, writers, prepared, strict=True):
+                train = data["train"]
+                images = train.images.to(device) if device.type == "cuda" else train.images
+                cells.append(StackedCell(semi.new_model(cfg, method, device), images,
+                                         train.tokens if method == "mmcl" else train.labels,
+                                         cfg.seed + 1, _logger(run, writer)))
+            stats = train_stacked(cells, method, cfg0.train, mmcl=cfg0.mmcl, device=device,
+                                  progress=progress, desc=f"train {method} x{len(cells)}")
+            for (_, cfg), run, writer, data, cell, st in zip(members, runs, writers, prepared, cells, stats,
+                                                              strict=True):
+                semi.save_model(cfg, run, method, cell.model)
+                semi.finish_run(cfg, run, digits[cfg.data.root], data, {method: cell.model},
+                                {method: st["samples_per_s"]}, t0, device, writer,
+                                summary={"stacked_cells": len(cells)})
+        except BaseException as exc:
+            for run in runs:
+                if not run.done:
+                    run.mark_failed(exc)
+            raise
+        finally:
+            for writer in writers:
+                if writer is not None:
+                    writer.close()
 
 
 __all__ = ["StackReport", "train_cells_stacked"]
