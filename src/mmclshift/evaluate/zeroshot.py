@@ -44,10 +44,12 @@ differs from the dataset's known size.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -413,19 +415,69 @@ def load_templates(spec: str) -> list[Callable[[str], str]]:
 
 
 #: Texts per text-tower forward when building a zero-shot head.
-TEXT_BATCH = 1024
+TEXT_BATCH = 512
+#: Below this many texts a head is tokenized in the calling process (a worker is not worth it).
+TOKENIZE_IN_WORKERS_FROM = 2048
+
+_WORKER_TOKENIZER: Callable[[list[str]], torch.Tensor] | None = None
+
+
+def _init_tokenize_worker(tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+    torch.set_num_threads(1)
+
+
+def _tokenize_in_worker(texts: list[str]) -> torch.Tensor:
+    assert _WORKER_TOKENIZER is not None
+    return _WORKER_TOKENIZER(texts)
+
+
+def tokenized_chunks(tokenizer: Callable[[list[str]], torch.Tensor], chunks: Sequence[list[str]],
+                     workers: int) -> Iterator[torch.Tensor]:
+    """The token tensors of ``chunks`` (lists of texts), in order, tokenized ahead of use.
+
+    With ``workers`` > 0 and a ``fork`` start method, the chunks are tokenized in that many forked
+    processes (the tokenizer is inherited, not pickled), so tokenizing -- pure Python, most of the
+    work of a small text tower's head -- runs beside the text-tower forwards on other cores instead
+    of contending for the interpreter lock. Otherwise the next chunk is tokenized in a background
+    thread while the caller encodes the current one. The tokens are the same either way.
+    """
+    if not chunks:
+        return
+    if workers > 0 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_init_tokenize_worker, initargs=(tokenizer,)) as pool:
+            yield from pool.map(_tokenize_in_worker, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(tokenizer, chunks[0])
+        for i in range(len(chunks)):
+            tokens = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(tokenizer, chunks[i + 1])
+            yield tokens
+
+
+def default_tokenize_workers() -> int:
+    """Tokenizer processes for a large head: 2 on a machine with 2 or more cores, else none
+    (measured on 2 cores: 2 tokenizer processes beside the text tower beat 1; benchmarks/zeroshot.py)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
 class TextHeadCache:
     """Zero-shot text heads, built once per (model key, class name, template set) and reused.
 
     Rows are cached per class, so the 200-class head of -R and the 1000-class head of ImageNet
-    share the 200 rows they have in common.
+    share the 200 rows they have in common. ``tokenize_workers`` processes tokenize a large head
+    (at least :data:`TOKENIZE_IN_WORKERS_FROM` texts) beside the text tower (None:
+    :func:`default_tokenize_workers`; 0: a background thread, as for small heads).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tokenize_workers: int | None = None) -> None:
         self._rows: dict[tuple[str, str, str], torch.Tensor] = {}
         self.built = 0  # number of class rows computed (for tests)
+        self.tokenize_workers = default_tokenize_workers() if tokenize_workers is None else tokenize_workers
 
     @torch.no_grad()
     def head(self, model: Any, tokenizer: Callable[[list[str]], torch.Tensor], model_key: str,
@@ -434,29 +486,21 @@ class TextHeadCache:
         """(n_classes, d) normalised text embeddings (mean over templates, renormalised).
 
         Texts are encoded ``TEXT_BATCH`` at a time (whole classes; ``batch_classes`` overrides),
-        and the next chunk is tokenized in a background thread while the current one is encoded
-        (tokenizing, pure Python, is most of the work for a small text tower).
+        tokenized ahead of the text tower by :func:`tokenized_chunks`.
         """
         fns = load_templates(templates)
         if batch_classes is None:
             batch_classes = max(1, TEXT_BATCH // len(fns))
         todo = [c for c in dict.fromkeys(class_names) if (model_key, templates, c) not in self._rows]
         chunks = [todo[i:i + batch_classes] for i in range(0, len(todo), batch_classes)]
-
-        def tokenize(chunk: list[str]) -> torch.Tensor:
-            return tokenizer([fn(c) for c in chunk for fn in fns])
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(tokenize, chunks[0]) if chunks else None
-            for i, chunk in enumerate(chunks):
-                tokens = pending.result()
-                if i + 1 < len(chunks):
-                    pending = pool.submit(tokenize, chunks[i + 1])
-                emb = model.encode_text(tokens.to(device))
-                emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), len(fns), -1).mean(1)
-                for c, row in zip(chunk, F.normalize(emb, dim=-1), strict=True):
-                    self._rows[(model_key, templates, c)] = row
-                self.built += len(chunk)
+        texts = [[fn(c) for c in chunk for fn in fns] for chunk in chunks]
+        workers = self.tokenize_workers if len(todo) * len(fns) >= TOKENIZE_IN_WORKERS_FROM else 0
+        for chunk, tokens in zip(chunks, tokenized_chunks(tokenizer, texts, workers), strict=True):
+            emb = model.encode_text(tokens.to(device))
+            emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), len(fns), -1).mean(1)
+            for c, row in zip(chunk, F.normalize(emb, dim=-1), strict=True):
+                self._rows[(model_key, templates, c)] = row
+            self.built += len(chunk)
         return torch.stack([self._rows[(model_key, templates, c)] for c in class_names])
 
 
