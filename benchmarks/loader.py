@@ -28,7 +28,7 @@ gives the benchmark more than one core (on a shared machine with the kernel's au
 scheduling, every session shares the cores equally, however many processes it runs).
 
     PYTHONPATH=src python benchmarks/loader.py [--per-photo 334] [--size 48] [--batch 64]
-        [--repeats 3] [--train-steps 20]
+        [--repeats 3] [--train-steps 60]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--workers", default="0,1,2")
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)

@@ -7,6 +7,8 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmclshift.config import ConfigError, from_dict
 from mmclshift.data import semisynthetic as ss
@@ -247,3 +249,27 @@ def test_experiment_config_errors_name_dotted_keys():
         from_dict(SemiSyntheticExperiment, {"grid": {"pi_spu": [0.5, 1.2]}})
     with pytest.raises(ConfigError, match="model.image_encoder"):
         from_dict(SemiSyntheticExperiment, {"model": {"image_encoder": "resnet"}})
+
+
+@given(n=st.integers(1, 6), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       shift=st.integers(0, 3), seed=st.integers(0, 10**6))
+@settings(max_examples=40, deadline=None)
+def test_random_translate_is_a_shifted_crop_of_the_zero_padded_image(n, c, h, w, shift, seed):
+    """Each image equals the slice [dy:dy+h, dx:dx+w] of its zero-padded copy, with (dy, dx) the
+    generator's draws (all rows' offsets first, then all columns')."""
+    import torch.nn.functional as F
+
+    from mmclshift.train.images import random_translate
+
+    x = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+    out = random_translate(x, shift, torch.Generator().manual_seed(seed + 1))
+    if shift == 0:
+        assert out is x
+        return
+    gen = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    padded = F.pad(x, (shift,) * 4)
+    for k in range(n):
+        a, b = int(dy[k]), int(dx[k])
+        assert torch.equal(out[k], padded[k, :, a:a + h, b:b + w])

@@ -76,20 +76,23 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by its own integer offset in [-max_shift, max_shift]^2, zero-filled."""
+    """Shift each image by its own integer offset in [-max_shift, max_shift]^2, zero-filled.
+
+    The offsets are drawn from ``generator`` (rows, then columns); each output pixel is one pixel
+    of the zero-padded input, gathered along its flattened spatial axis (a pure copy).
+    """
     if max_shift <= 0:
         return x
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     s = max_shift
     padded = F.pad(x, (s, s, s, s))
     dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (n, h)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (n, w)
-    idx_n = torch.arange(n, device=x.device)[:, None, None]
-    # gather (n, c, h, w): padded[n, :, rows[n, i], cols[n, j]]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    wp = w + 2 * s
+    # flat index into the padded (h + 2s) x (w + 2s) image of output pixel (i, j): (dy+i)*wp + dx+j
+    base = (torch.arange(h, device=x.device)[:, None] * wp + torch.arange(w, device=x.device)[None]).reshape(1, -1)
+    idx = (base + (dy * wp + dx)[:, None]).unsqueeze(1).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, idx).view(n, c, h, w)
 
 
 def batches(n: int, cfg: TrainConfig, generator: torch.Generator):
