@@ -95,9 +95,9 @@ def test_ddp_two_processes_match_single_process(fx, tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     for out, n in (("single", 1), ("ddp", 2)):
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
-               "--master_port", str(29600 + n), str(script), json.dumps(cfg),
-               str(tmp_path / out)]
+        # --standalone: torchrun picks a free port itself (no clash with other runs on the machine)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               str(script), json.dumps(cfg), str(tmp_path / out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
 
