@@ -329,3 +329,41 @@ def test_report_rejects_a_folder_that_is_not_a_map(report_runs, tmp_path):
     with pytest.raises(UserError, match="not a theory map folder"):
         write_report([report_runs], tmp_path / "report.html", maps=[tmp_path])
     assert not (tmp_path / "report.html").exists()
+
+
+# --------------------------------------------------------------------------- shifted ImageNets
+
+
+def test_shift_pairs_pair_each_imagenet_shift_with_its_id_split():
+    from mmclshift.analysis.robustness import shift_pairs
+
+    # the Figure 3 configs name ImageNet val "id"; -R and -A have their 200-class ID splits
+    assert shift_pairs({"id", "imagenet-v2", "imagenet-sketch", "id_r200", "imagenet-r", "imagenet-a"}) == [
+        ("id", "imagenet-a"), ("id_r200", "imagenet-r"), ("id", "imagenet-sketch"), ("id", "imagenet-v2")]
+    assert shift_pairs({"imagenet", "id", "objectnet", "id_objectnet"}) == [("id_objectnet", "objectnet")]
+    assert shift_pairs({"imagenet", "imagenet-v2"}) == [("imagenet", "imagenet-v2")]
+    assert shift_pairs({"id", "ood", "ood_reversed"}) == [("id", "ood"), ("id", "ood_reversed")]
+    assert shift_pairs({"imagenet-v2"}) == []  # no ID axis: no pair
+
+
+def test_real_runs_with_imagenet_val_named_id_get_er_rows_and_a_figure(tmp_path):
+    """Runs shaped like configs/fig3a_mscoco.yaml's (ImageNet val is split "id"): the report's ER
+    table pairs -v2 with "id", and the real-data ER figure is drawn."""
+    from mmclshift.analysis.figures import all_figures
+    from mmclshift.analysis.report import er_table
+
+    # SL baselines on a line in logit space, and one CLIP run above it
+    points = [("sl", 0.30, 0.20), ("sl", 0.45, 0.33), ("sl", 0.60, 0.47), ("clip", 0.45, 0.45)]
+    for i, (method, a_id, a_ood) in enumerate(points):
+        run = RunDir.create(tmp_path / f"r{i}", {"kind": "clip_real", "seed": i, "name": f"r{i}"})
+        for split, acc in (("id", a_id), ("imagenet-v2", a_ood)):
+            run.log_metrics({"event": "eval", "method": method, "split": split, "accuracy": acc,
+                             "n": 10000, "correct": int(round(acc * 10000))})
+        run.mark_done()
+    table = collect([tmp_path]).table
+    er = er_table(table)
+    assert set(zip(er["id"], er["ood"], strict=True)) == {("id", "imagenet-v2")}
+    clip = er[er["method"] == "clip"]["effective_robustness"].iloc[0]
+    assert clip > 0.05  # 0.45 observed against about 0.33 predicted at ID 0.45
+    figs = all_figures(table, tmp_path / "figs")
+    assert "figure3_real:clip_real" in figs

@@ -23,7 +23,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mmclshift.analysis.collect import GRID_AXES, grid_rows, group_over_seeds  # noqa: E402
-from mmclshift.analysis.robustness import clopper_pearson, effective_robustness, transform  # noqa: E402
+from mmclshift.analysis.robustness import (  # noqa: E402
+    REAL_SHIFTS,
+    clopper_pearson,
+    effective_robustness,
+    shift_pairs,
+    transform,
+)
 from mmclshift.errors import UserError  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -221,11 +227,12 @@ def all_figures(table: pd.DataFrame, out_dir: str | Path) -> dict[str, list[Path
             if {"id", "ood"} <= splits:
                 out[f"figure3:{kind}"] = figure_3(t, out_dir, stem=f"figure3_{kind}",
                                                   title=f"Effective robustness ({kind}, ood)")
-            real_ood = [s for s in ("imagenet-v2", "imagenet-sketch", "objectnet") if s in splits]
-            if "imagenet" in splits and real_ood:
+            real = dict((o, i) for i, o in shift_pairs(splits) if o in REAL_SHIFTS)
+            first = next((o for o in REAL_SHIFTS if o in real), None)
+            if first is not None:
                 out[f"figure3_real:{kind}"] = figure_3(
-                    t, out_dir, id_split="imagenet", ood_split=real_ood[0], stem=f"figure3_real_{kind}",
-                    title=f"Effective robustness ({kind}, {real_ood[0]})")
+                    t, out_dir, id_split=real[first], ood_split=first, stem=f"figure3_real_{kind}",
+                    title=f"Effective robustness ({kind}, {first} vs {real[first]})")
     return {k: v for k, v in out.items() if v}
 
 

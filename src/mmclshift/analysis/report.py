@@ -28,7 +28,7 @@ import yaml
 from mmclshift.analysis.claims import ClaimResult, error_line, evaluate_claims, format_interval
 from mmclshift.analysis.collect import ROW_KEYS, Collected, binomial_ci, collect, group_over_seeds
 from mmclshift.analysis.figures import all_figures, er_points
-from mmclshift.analysis.robustness import effective_robustness
+from mmclshift.analysis.robustness import effective_robustness, shift_pairs
 from mmclshift.analysis.stats import t_interval
 from mmclshift.analysis.theory_map import REPORT_MAPS, describe, load_map, report_maps
 from mmclshift.errors import UserError
@@ -106,17 +106,7 @@ def er_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
     rows = []
-    splits = set(table["split"])
-    pairs = [("id", s) for s in ("ood", "ood_reversed") if s in splits and "id" in splits]
-    # ImageNet-R and -A are scored with 200-class heads: their ID axis is ImageNet val restricted to
-    # the same 200 classes (id_r200 / id_a200) when the run evaluated it
-    own_id = {"imagenet-r": "id_r200", "imagenet-a": "id_a200", "objectnet": "id_objectnet"}
-    for s in sorted(splits):
-        if s.startswith(("imagenet-", "objectnet")):
-            id_split = own_id.get(s) if own_id.get(s) in splits else "imagenet"
-            if id_split in splits:
-                pairs.append((id_split, s))
-    for id_split, ood_split in pairs:
+    for id_split, ood_split in shift_pairs(set(table["split"])):
         pts = er_points(table, id_split, ood_split)
         extra = [k for k in ("seed", *_config_keys(table)) if k in table.columns]
         if not pts.empty and extra:

@@ -44,6 +44,34 @@ class SaturationWarning(UserWarning):
     """An accuracy of exactly 0 or 1 met a logit/probit axis; the message says how it was handled."""
 
 
+#: ImageNet shifts scored with a restricted head: their ID axis is ImageNet val restricted to the
+#: same classes (when the run evaluated it)
+OWN_ID = {"imagenet-r": "id_r200", "imagenet-a": "id_a200", "objectnet": "id_objectnet"}
+#: names of the full ImageNet val split, in order of preference ("id" in the Figure 3 configs)
+IMAGENET_ID = ("imagenet", "id")
+#: the shifted ImageNets, in the order a figure picks its one pair
+REAL_SHIFTS = ("imagenet-v2", "imagenet-sketch", "objectnet", "imagenet-r", "imagenet-a")
+
+
+def shift_pairs(splits: Sequence[str] | set[str]) -> list[tuple[str, str]]:
+    """(ID split, OOD split) pairs for effective robustness among a run kind's ``splits``.
+
+    Synthetic and semi-synthetic runs pair ``id`` with ``ood`` and ``ood_reversed``; each shifted
+    ImageNet pairs with its own restricted ID split (:data:`OWN_ID`) when present, else with the
+    full ImageNet val split, named ``imagenet`` or ``id`` (:data:`IMAGENET_ID`).
+    """
+    have = set(splits)
+    pairs = [("id", s) for s in ("ood", "ood_reversed") if s in have and "id" in have]
+    full_id = next((s for s in IMAGENET_ID if s in have), None)
+    for s in sorted(have):
+        if s.startswith(("imagenet-", "objectnet")):
+            own = OWN_ID.get(s)
+            id_split = own if own in have else full_id
+            if id_split is not None:
+                pairs.append((id_split, s))
+    return pairs
+
+
 def _who(labels: Sequence[str] | None, i: int) -> str:
     return f"point {i}" if labels is None else str(labels[i])
 
