@@ -76,8 +76,10 @@ def finished(finished_once, tmp_path):
 
 def test_rerun_same_config_skips_and_keeps_the_run(finished, capsys):
     out, before = finished
-    # device only says where a run executes: same identity, so the finished run is reused
-    assert main(["train", DM1, *TINY, "device=cuda", "--out", str(out), "--json"]) == 0
+    # device only says where a run executes, save_checkpoints only what is kept beside the
+    # results: same identity, so the finished run is reused
+    assert main(["train", DM1, *TINY, "device=cuda", "save_checkpoints=false", "--out", str(out),
+                 "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert lines == eval_records(out) and len(lines) == 2
     assert snapshot(out) == before

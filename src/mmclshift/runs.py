@@ -30,7 +30,8 @@ the same config finished ("done": skip it), the same config unfinished ("partial
 restart it), nothing ("new"), or another config: refused with a one-line error naming the keys
 that differ, unless ``force``, which renames the old directory to ``<name>.replaced-<time>``
 beside it (never deletes it). Keys that only say where or how visibly a run executes
-(:data:`VOLATILE_KEYS`: device, threads, progress, resume, loader workers, grid stacking) do not count.
+(:data:`VOLATILE_KEYS`: device, threads, progress, resume, loader workers, grid stacking, whether
+checkpoints are kept) do not count.
 
 **History.** A resumed run appends to metrics.jsonl. It first writes ``{"event": "resume",
 "method": m, "step": s}``; :func:`read_metrics` drops the ``train`` records of method ``m`` with
@@ -87,7 +88,7 @@ RUNNING_FILE = "running.json"
 
 #: config keys that change only where or how visibly a run executes, not what it computes
 VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume", "data.workers",
-                 "data.prefetch", "grid.stacked")
+                 "data.prefetch", "grid.stacked", "save_checkpoints")
 
 
 # --------------------------------------------------------------------------- atomic files
