@@ -171,3 +171,51 @@ def test_grid_falls_back_with_a_message_when_cells_cannot_stack(tmp_path, capsys
     result = run_grid(cfg, tmp_path, progress=False)
     assert (result["stacked"], result["one_at_a_time"]) == (0, 3)  # 2 MMCL cells + the SL run (alone)
     assert "trained one at a time: cannot stack text tower" in capsys.readouterr().err
+
+
+def test_demo_grid_trained_stacked_in_two_processes(tmp_path, capsys):
+    """The demo's semi-synthetic tier: the grid's pending runs dealt over 2 processes, each
+    training its share stacked; a job that stacks with nothing (an SL baseline) is left for the
+    one-at-a-time pass; the results match one-at-a-time training within float32 rounding."""
+    from mmclshift.demo import train_grid_stacked
+    from mmclshift.experiments.semisynthetic import grid_cells
+    from mmclshift.sweeps.spec import Job
+
+    cfg = _cfg("grid.pi_core=[0.0,1.0]", "grid.pi_spu=[1.0]", "grid.seeds=[0,1]", "train.steps=5",
+               "splits=[id,ood]")
+    jobs = [Job(c, name) for name, c in grid_cells(cfg)]
+    jobs.append(Job(replace(cfg, seed=0, methods=["sl"], **{"train.steps": 2}), "sl-baseline"))
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert train_grid_stacked(jobs, out, workers=2, progress=True) == 6
+    assert "6 runs trained stacked in 2 process(es)" in capsys.readouterr().out
+    assert not (out / "sl-baseline" / DONE_FILE).exists()
+    for job in jobs[:-1]:
+        done = json.loads((out / job.name / DONE_FILE).read_text())
+        assert done["stacked_cells"] >= 2
+    assert train_grid_stacked(jobs, out, workers=2, progress=False) == 0  # nothing left that stacks
+    alone = run_grid(replace(cfg, **{"grid.stacked": False}), tmp_path / "alone", progress=False)
+    assert alone["one_at_a_time"] == 6
+    a, b = _evals(out), _evals(tmp_path / "alone")
+    assert a.keys() == b.keys() and len(a) == 12
+    for key in a:
+        assert abs(a[key]["correct"] - b[key]["correct"]) <= 2, key
+
+
+def test_share_stacks_balances_the_demo_grid_over_two_processes():
+    from mmclshift.demo import SCALES, grid_config, grid_jobs, share_stacks
+
+    cfg = grid_config("demo", [], None)
+    jobs = grid_jobs(cfg, SCALES["demo"])  # 75 MMCL cells, 3 SL runs, 4 SL baselines
+    cells = [(j.name, j.config) for j in jobs]
+    shares = share_stacks(cells, 2)
+    assert len(shares) == 2
+    names = [[n for n, _ in s] for s in shares]
+    mmcl = sorted(sum(n.startswith("mmcl-") for n in s) for s in names)
+    assert mmcl == [37, 38]
+    sl = [sum(n.startswith("sl-seed") for n in s) for s in names]
+    assert sorted(sl) == [0, 3]  # 3 SL runs: one stack, in one share (a stack of one gains nothing)
+    assert not any(n.startswith("sl-baseline") for s in names for n in s)  # each stacks with nothing
+    one = share_stacks(cells, 1)
+    assert len(one) == 1
+    assert sorted(n for n, _ in one[0]) == sorted(n for n, _ in cells if not n.startswith("sl-baseline"))

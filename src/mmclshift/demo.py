@@ -117,6 +117,75 @@ def _run_jobs(jobs: list[Job], out: Path, *, workers: int, progress: bool, batch
         raise UserError(f"{len(result.failed)} run(s) failed under {out} (first: {first}); rerun to retry them")
 
 
+def _train_stacked_chunk(cells: list[tuple[str, Any]], out: Path) -> tuple[int, str | None]:
+    """One worker's share of the grid (runs in a separate process): (runs trained, error)."""
+    from mmclshift.experiments.semisynthetic_stacked import train_cells_stacked
+
+    try:
+        return len(train_cells_stacked(cells, out, progress=False).trained), None
+    except Exception as exc:  # the runs stay undone; the one-at-a-time pass retries them
+        return 0, f"{type(exc).__name__}: {exc}"
+
+
+def share_stacks(cells: list[tuple[str, Any]], workers: int) -> list[list[tuple[str, Any]]]:
+    """Deal ``cells`` (name, config) into at most ``workers`` shares to train stacked in parallel.
+
+    Cells are grouped by what may share a stack (``stack_key``); a group is cut into at most
+    ``workers`` parts of two or more cells each (a stack of one trains no faster), and each part
+    goes to the share with the least work so far (cells x steps). Cells that stack with nothing
+    (a single-method run alone with its settings, or a run of several methods) are left out.
+    """
+    from mmclshift.experiments.semisynthetic_stacked import stack_key
+
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for name, c in cells:
+        if len(c.methods) == 1:
+            groups.setdefault(stack_key(c.methods[0], c), []).append((name, c))
+    workers = max(1, workers)
+    shares: list[list[tuple[str, Any]]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for members in sorted(groups.values(), key=len, reverse=True):
+        if len(members) < 2:
+            continue
+        k = min(workers, len(members) // 2)
+        for part in (members[i::k] for i in range(k)):
+            w = min(range(workers), key=lambda i: load[i])
+            shares[w] += part
+            load[w] += len(part) * part[0][1].train.steps
+    return [s for s in shares if s]
+
+
+def train_grid_stacked(jobs: list[Job], out: Path, *, workers: int, progress: bool) -> int:
+    """Train the jobs not done yet that stack as stacked models, split over ``workers`` processes
+    (:func:`share_stacks`; the cells of a seed share their images inside a stack).
+
+    Jobs that do not stack (another architecture, or the only job with its settings, like each SL
+    baseline) are left undone for the one-at-a-time pass that follows, as are the runs of a stack
+    that failed (its error is printed). Returns the number of runs trained.
+    """
+    from mmclshift.runs import check_run_dir
+
+    pending = [(j.name, j.config) for j in jobs if check_run_dir(out / j.name, j.config) != "done"]
+    shares = share_stacks(pending, workers)
+    if not shares:
+        return 0
+    if len(shares) == 1:
+        results = [_train_stacked_chunk(shares[0], out)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_train_stacked_chunk, shares, [out] * len(shares)))
+    trained = sum(n for n, _ in results)
+    for _, err in results:
+        if err is not None:
+            print(f"[stacked training failed ({err}); its runs are retried one at a time]", flush=True)
+    if progress:
+        print(f"[{out}: {trained} runs trained stacked in {len(shares)} process(es)]", flush=True)
+    return trained
+
+
 def theory_rows(out: Path) -> list[dict[str, Any]]:
     """Theory tier: trained accuracy over seeds (mean, 95% interval) beside the prediction."""
     table = collect([out]).table
@@ -130,7 +199,9 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
              workers: int = 1, overrides: Sequence[str] = (), config: str | Path | None = None) -> dict[str, Any]:
     """Run every tier of ``scale`` into ``out_dir`` (resuming), then the claims and the report.
 
-    ``workers`` > 1 trains the semi-synthetic runs in that many processes (one torch thread each);
+    ``workers`` > 1 trains the semi-synthetic runs in that many processes (one torch thread each;
+    with ``grid.stacked``, each process trains its share of the grid as stacked models, see
+    :func:`train_grid_stacked`);
     ``config`` / ``overrides`` change the semi-synthetic config (e.g. ``data.root=...``).
     """
     if scale not in SCALES:
@@ -153,7 +224,10 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     if progress:
         print(f"\n[semi-synthetic tier: {len(jobs)} runs ({len(cfg.grid.seeds)} seeds), "
               f"{workers} worker(s)]", flush=True)
-    _run_jobs(jobs, out / "semisynthetic", workers=workers, progress=progress)
+    if cfg.grid.stacked:
+        (out / "semisynthetic").mkdir(parents=True, exist_ok=True)
+        train_grid_stacked(jobs, out / "semisynthetic", workers=workers, progress=progress)
+    _run_jobs(jobs, out / "semisynthetic", workers=workers, progress=progress)  # the rest
     grid = semisynthetic.run_grid(cfg, out / "semisynthetic", progress=False)  # all done: only reads
     print("\nSemi-synthetic tier (Figure 2): OOD accuracy")
     print(grid["table"])

@@ -37,7 +37,7 @@ class StackReport:
     reasons: list[str] = field(default_factory=list)
 
 
-def _stack_key(method: str, cfg: semi.SemiSyntheticExperiment) -> str:
+def stack_key(method: str, cfg: semi.SemiSyntheticExperiment) -> str:
     """Runs with equal keys can share one stack (images and seeds may differ)."""
     keep = {k: to_dict(cfg)[k] for k in ("model", "train", "device", "threads")}
     keep["images"] = (cfg.data.root, cfg.data.n_train)  # equal minibatch sizes
@@ -65,7 +65,7 @@ def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], o
         if len(cfg.methods) != 1:
             report.one_at_a_time += 1
             continue
-        stacks.setdefault(_stack_key(cfg.methods[0], cfg), []).append((name, cfg))
+        stacks.setdefault(stack_key(cfg.methods[0], cfg), []).append((name, cfg))
     for members in stacks.values():
         if len(members) < 2:
             report.one_at_a_time += len(members)
