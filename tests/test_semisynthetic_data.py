@@ -273,3 +273,36 @@ def test_random_translate_is_a_shifted_crop_of_the_zero_padded_image(n, c, h, w,
     for k in range(n):
         a, b = int(dy[k]), int(dx[k])
         assert torch.equal(out[k], padded[k, :, a:a + h, b:b + w])
+
+
+def _render_direct(digits, colours, kind):
+    """The elementwise rendering, written out (float32 ink times float32 colour, rounded)."""
+    g = digits.astype(np.float32)[:, None] / 255.0
+    rgb = ss.PALETTE[colours][:, :, None, None]
+    if kind == "foreground":
+        out = g * rgb
+    elif kind == "background":
+        out = g * 255.0 + (1.0 - g) * 0.6 * rgb
+    else:
+        out = np.repeat(g * 255.0, 3, axis=1)
+        out[:, :, :ss.PATCH_SIZE, :ss.PATCH_SIZE] = rgb
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ss.SPURIOUS_KINDS)
+def test_render_equals_the_direct_elementwise_computation(kind):
+    rng = np.random.default_rng(0)
+    digits = rng.integers(0, 256, size=(64, 28, 28)).astype(np.uint8)  # every grey value occurs
+    colours = rng.integers(0, len(ss.PALETTE), size=64)
+    out = ss.render(digits, colours, kind)
+    assert out.dtype == np.uint8 and out.shape == (64, 3, 28, 28)
+    assert np.array_equal(out, _render_direct(digits, colours, kind))
+
+
+def test_pad_tokens_pads_with_zeros():
+    rows = [[5, 6, 7], [], [1]]
+    out = ss.pad_tokens(rows, length=4)
+    assert out.dtype == torch.int64
+    assert out.tolist() == [[5, 6, 7, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    with pytest.raises(ValueError, match="more than 2"):
+        ss.pad_tokens([[1, 2, 3]], length=2)

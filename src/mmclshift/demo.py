@@ -117,12 +117,14 @@ def _run_jobs(jobs: list[Job], out: Path, *, workers: int, progress: bool, batch
         raise UserError(f"{len(result.failed)} run(s) failed under {out} (first: {first}); rerun to retry them")
 
 
-def _train_stacked_chunk(cells: list[tuple[str, Any]], out: Path) -> tuple[int, str | None]:
-    """One worker's share of the grid (runs in a separate process): (runs trained, error)."""
+def _train_stacked_chunk(cells: list[tuple[str, Any]], out: Path,
+                         progress: bool = False) -> tuple[int, str | None]:
+    """One worker's share of the grid (in a separate process when there are several): (runs
+    trained, error)."""
     from mmclshift.experiments.semisynthetic_stacked import train_cells_stacked
 
     try:
-        return len(train_cells_stacked(cells, out, progress=False).trained), None
+        return len(train_cells_stacked(cells, out, progress=progress).trained), None
     except Exception as exc:  # the runs stay undone; the one-at-a-time pass retries them
         return 0, f"{type(exc).__name__}: {exc}"
 
@@ -170,7 +172,7 @@ def train_grid_stacked(jobs: list[Job], out: Path, *, workers: int, progress: bo
     if not shares:
         return 0
     if len(shares) == 1:
-        results = [_train_stacked_chunk(shares[0], out)]
+        results = [_train_stacked_chunk(shares[0], out, progress)]  # in this process: progress bars
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
