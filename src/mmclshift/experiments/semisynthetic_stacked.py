@@ -57,8 +57,13 @@ def _logger(run: RunDir, writer: Any):
 
 
 def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, *,
-                        progress: bool = True) -> StackReport:
-    """Train the single-method runs ``(name, config)`` under ``out`` in stacks; see the module doc."""
+                        progress: bool = True, position: int | None = None,
+                        label: str = "") -> StackReport:
+    """Train the single-method runs ``(name, config)`` under ``out`` in stacks; see the module doc.
+
+    ``position`` and ``label`` place and name the progress bar (for stacks trained in several
+    processes at once, one bar line each).
+    """
     report = StackReport()
     stacks: dict[str, list[tuple[str, semi.SemiSyntheticExperiment]]] = {}
     for name, cfg in cells:
@@ -79,13 +84,13 @@ def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], o
             print(f"[grid] {len(members)} {method} runs are trained one at a time: cannot stack {reason}",
                   file=sys.stderr, flush=True)
             continue
-        _train_stack(members, out, method, progress)
+        _train_stack(members, out, method, progress, position, label)
         report.trained += [name for name, _ in members]
     return report
 
 
 def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, method: str,
-                 progress: bool) -> None:
+                 progress: bool, position: int | None = None, label: str = "") -> None:
     cfg0 = members[0][1]
     device = torch.device(cfg0.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -108,7 +113,7 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                     if kept is not split.images and torch.equal(kept, split.images):
                         split.images = kept
                 prepared.append(data)
-            if progress:
+            if progress and position is None:
                 print(f"[grid] training {len(members)} {method} runs as one stacked model", flush=True)
             cells = []
             for (_, cfg), run, writer, data in zip(members, runs, writers, prepared, strict=True):
@@ -118,7 +123,8 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                                          train.tokens if method == "mmcl" else train.labels,
                                          cfg.seed + 1, _logger(run, writer)))
             stats = train_stacked(cells, method, cfg0.train, mmcl=cfg0.mmcl, device=device,
-                                  progress=progress, desc=f"train {method} x{len(cells)}")
+                                  progress=progress, desc=f"{label}train {method} x{len(cells)}",
+                                  position=position)
             for (_, cfg), run, writer, data, cell, st in zip(members, runs, writers, prepared, cells, stats,
                                                               strict=True):
                 semi.save_model(cfg, run, method, cell.model)

@@ -198,7 +198,7 @@ def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progre
     return status
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Worker initializer: end this worker when the launcher that started it is gone.
 
     On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); everywhere a
@@ -232,7 +232,7 @@ def launch_processes(jobs: Sequence[Job], out: Path, *, workers: int = 2, **_: A
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {j.name: pool.submit(run_job, to_dict(j.config), str(out / j.name)) for j in jobs}
         return {name: f.result() for name, f in futures.items()}
 

@@ -234,7 +234,7 @@ def _groups(cells: Sequence[StackedCell]) -> list[list[int]]:
 
 def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *,
                   mmcl: MMCLLossConfig | None = None, device: torch.device | str = "cpu",
-                  progress: bool = True, desc: str = "") -> list[dict[str, float]]:
+                  progress: bool = True, desc: str = "", position: int | None = None) -> list[dict[str, float]]:
     """Train ``cells`` (all ``method``: "mmcl" or "sl") together; each model is updated in place.
 
     Every cell must pass :func:`unstackable_reason` and share the architecture. Returns per-cell
@@ -271,7 +271,7 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
     clamp = math.log(mmcl.max_logit_scale) if method == "mmcl" and "logit_scale" in trainable else None
     n_cells = len(order)
     bar = tqdm(total=cfg.steps, desc=desc or f"train {method} x{n_cells}", unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=not progress, leave=False, dynamic_ncols=True, position=position)
     seen, t0 = 0, time.perf_counter()
     running: torch.Tensor | None = None
     for step in range(cfg.steps):
