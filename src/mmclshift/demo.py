@@ -235,7 +235,6 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
         print(f"\n[semi-synthetic tier: {len(jobs)} runs ({len(cfg.grid.seeds)} seeds), "
               f"{workers} worker(s)]", flush=True)
     if cfg.grid.stacked:
-        (out / "semisynthetic").mkdir(parents=True, exist_ok=True)
         train_grid_stacked(jobs, out / "semisynthetic", workers=workers, progress=progress)
     _run_jobs(jobs, out / "semisynthetic", workers=workers, progress=progress)  # the rest
     grid = semisynthetic.run_grid(cfg, out / "semisynthetic", progress=False)  # all done: only reads

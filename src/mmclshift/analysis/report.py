@@ -331,10 +331,12 @@ SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _maps_secti
 def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
                  claims: tuple[list[ClaimResult], list[tuple[str, str]]] | None = None,
                  sections: Sequence[SectionBuilder] | None = None,
-                 maps: Sequence[str | Path] = ()) -> str:
+                 maps: Sequence[dict] = ()) -> str:
+    """The page's HTML; ``maps`` are theory maps as :func:`~mmclshift.analysis.theory_map.load_map`
+    returns them."""
     figs = all_figures(col.table, fig_dir)
     results, errors = claims if claims is not None else evaluate_claims(col.table, relative_to=root)
-    ctx = ReportContext(col, figs, results, errors, root, [load_map(m) for m in maps])
+    ctx = ReportContext(col, figs, results, errors, root, list(maps))
     parts = [f"<h1>mmclshift report</h1><p class='muted'>generated "
              f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>"]
     parts += [b(ctx) for b in (SECTIONS if sections is None else sections)]
@@ -356,19 +358,17 @@ def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, *,
     (:func:`mmclshift.analysis.theory_map.report_maps`, under the figures folder).
     """
     col = collect(run_dirs)
-    for m in maps:
-        load_map(m)  # a bad folder fails here, before any figure is drawn
+    loaded = [load_map(m) for m in maps]  # a bad folder fails here, before any figure is drawn
     out = Path(out_html)
     root = out.parent if relative_paths else None
     with tempfile.TemporaryDirectory() as tmp:
         fig_dir = Path(figures_dir) if figures_dir is not None else Path(tmp)
-        maps = list(maps)
         if default_maps:
             kinds = sorted(set(col.table["kind"])) if "kind" in col.table.columns else []
             kinds = [k for k in kinds if k in REPORT_MAPS]
             if kinds:
-                maps += report_maps(fig_dir / "theory-maps", kinds)
-        page = build_report(col, fig_dir, root=root, claims=claims, maps=maps)
+                loaded += [load_map(d) for d in report_maps(fig_dir / "theory-maps", kinds)]
+        page = build_report(col, fig_dir, root=root, claims=claims, maps=loaded)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out

@@ -197,9 +197,9 @@ def render(digits: np.ndarray, colours: np.ndarray, kind: str) -> np.ndarray:
     """Colour grey digits (n, 28, 28) uint8 -> RGB images (n, 3, 28, 28) uint8 (Figure 4).
 
     Each output pixel is a function of (grey value, colour, channel) only, so it is read from a
-    (colour, channel, grey value) table of the same arithmetic (ink ``v / 255`` in float32, colour
-    in float64, rounded to nearest): the images equal the direct elementwise computation exactly
-    (tested), with none of its (n, 3, 28, 28) float64 temporaries.
+    (colour, channel, grey value) table of the same arithmetic (ink ``v / 255`` and the colour in
+    float32, rounded to nearest): the images equal the direct elementwise computation exactly
+    (tested), with none of its (n, 3, 28, 28) float temporaries.
     """
     if kind not in SPURIOUS_KINDS:
         raise ValueError(f"unknown spurious kind {kind!r} (known: {', '.join(SPURIOUS_KINDS)})")

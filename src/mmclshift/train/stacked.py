@@ -135,9 +135,9 @@ class StackedSmallCNN:
     """C SmallCNN image encoders (+ projection ``W_I``) evaluated at once.
 
     ``group_sizes`` lists how many consecutive cells share one input batch; the input is a list
-    of one (B, 3, H, W) batch per group. The convolutions run per cell through
-    :func:`~mmclshift.models.towers.conv3x3_pool_relu` (channels-last, only the positions the pool
-    reads, ReLU after the pool), as in ``SmallCNN.forward``: on CPU this was measured faster than
+    of one (B, 3, H, W) batch per group, made channels-last once per group. The convolutions run
+    per cell through :func:`~mmclshift.models.towers.conv3x3_pool_relu` (channels-last, ReLU after
+    the pool), as in ``SmallCNN.forward``: on CPU this was measured faster than
     one grouped convolution over all cells, and than one convolution with a group's filters
     concatenated (or its im2col matmul); the fully connected layers and the projection are batched
     matmuls over the cells.
@@ -155,6 +155,7 @@ class StackedSmallCNN:
         for x, m in zip(xs, self.group_sizes, strict=True):
             if self.resize is not None and x.shape[-1] != self.resize:  # once per group
                 x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)  # once per group, not once per cell
             for _ in range(m):
                 # each cell's convolutions exactly as SmallCNN.forward computes them
                 h = conv3x3_pool_relu(conv3x3_pool_relu(x, w1[c], b1[c]), w2[c], b2[c])
