@@ -31,7 +31,7 @@ from mmclshift.data.image_text import (
     read_coco_items,
     read_csv_items,
 )
-from mmclshift.data.loader import iter_batches, iter_image_batches
+from mmclshift.data.loader import WorkerPool, batch_pool, iter_batches, iter_image_batches
 from mmclshift.errors import DataError, UserError
 
 
@@ -326,6 +326,47 @@ def test_eval_image_batches_with_workers(fx):
     assert sum((b.skipped for b in serial), Counter()) == {"corrupt_image": 1, "missing_image": 1}
     ref = torch.stack([_tensor(load_image(p)) for p, i in samples if i not in (3, 7)])
     assert torch.equal(torch.cat([b.images for b in parallel]), ref)
+
+
+def _worker_pid(_task):
+    import os
+
+    return os.getpid()
+
+
+def test_worker_pool_keeps_its_workers_across_passes():
+    """A pool forks once: a second pass is served by the same worker processes, a pass that
+    was left part-way is ended by the next one (its outstanding results dropped), an ended
+    pass raises when advanced, and close() stops the workers."""
+    import os
+
+    with WorkerPool(_worker_pid, workers=2) as pool:
+        first = set(pool.map(range(8)))
+        assert len(first) == 2 and os.getpid() not in first
+        left = pool.map(range(100))
+        next(left)
+        assert set(pool.map(range(8))) == first
+        with pytest.raises(RuntimeError, match="ended by a later pass"):
+            next(left)
+        assert list(pool.map([])) == []
+    assert pool._loader._iterator is None
+    serial = WorkerPool(_worker_pid, workers=0)
+    assert set(serial.map(range(3))) == {os.getpid()}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "coco", "wds"])
+def test_pool_across_epochs_equals_serial_path(fx, rough, fmt):
+    """One pool (2 workers) for three epochs, the second resumed part-way: each epoch's batches
+    and skip counts at every batch boundary are the serial path's."""
+    kw = {"caption_mode": "sample", "no_class": "keep"}
+    ref_stream, stream = _stream(rough, fx, fmt, **kw), _stream(rough, fx, fmt, **kw)
+    with batch_pool(stream, workers=2) as pool:
+        for epoch, start in ((0, 0), (1, 7), (2, 0)):
+            ref = _serial_batches(ref_stream, 4, epoch, start)
+            got = _loader_batches(stream, 4, epoch, start, pool=pool, chunk_size=3)
+            _assert_same(got, ref)
+        with pytest.raises(ValueError, match="not made by batch_pool"):
+            next(iter_batches(ref_stream, 4, 0, pool=pool))
 
 
 def test_loader_rejects_negative_workers(fx):

@@ -35,7 +35,7 @@ from torch import nn
 
 from mmclshift import losses
 from mmclshift.data.image_text import PairStream
-from mmclshift.data.loader import Batch, iter_batches
+from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
 
@@ -163,13 +163,10 @@ class TrainResult:
     losses: list[float]
 
 
-def _batch_iter(stream: PairStream, per_rank: int, epoch: int, start: int, settings: TrainSettings,
-                device: torch.device, tokenizer: Callable[[list[str]], torch.Tensor] | None
+def _batch_iter(stream: PairStream, per_rank: int, epoch: int, start: int, pool: WorkerPool
                 ) -> Generator[Batch, None, None]:
-    """The epoch's batches (decoded in ``settings.workers`` processes, pinned on GPU)."""
-    return iter_batches(stream, per_rank, epoch, start, workers=settings.workers,
-                        prefetch=settings.prefetch, pin_memory=device.type == "cuda",
-                        tokenizer=tokenizer)
+    """The epoch's batches, decoded by the run's pool (its workers persist across epochs)."""
+    return iter_batches(stream, per_rank, epoch, start, pool=pool)
 
 
 def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
@@ -274,87 +271,93 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
         bar = tqdm(total=settings.steps, initial=step, desc=f"train {method}", unit="step")
 
     text_tok = tokenizer if kind == "mmcl" else None
-    it = _batch_iter(stream, per_rank, epoch, cursor, settings, d.device, text_tok)
-    losses_seen: list[float] = []
-    t0, seen = time.perf_counter(), 0
-    steps_this_call = 0
-    empty_epochs = 0
+    # ``settings.workers`` processes decode (pinned on GPU), started once for all the epochs
+    pool = batch_pool(stream, workers=settings.workers, prefetch=settings.prefetch,
+                      pin_memory=d.device.type == "cuda", tokenizer=text_tok)
+    try:
+        it = _batch_iter(stream, per_rank, epoch, cursor, pool)
+        losses_seen: list[float] = []
+        t0, seen = time.perf_counter(), 0
+        steps_this_call = 0
+        empty_epochs = 0
 
-    def next_batch() -> Batch:
-        nonlocal it, epoch, cursor, empty_epochs
-        while True:
-            b = next(it, None)
-            if b is not None:
-                empty_epochs = 0
-                return b
-            epoch, cursor = epoch + 1, 0
-            empty_epochs += 1
-            if empty_epochs > 1:
-                raise UserError(
-                    f"{method}: the data yields fewer than {per_rank} usable samples per process "
-                    f"(skipped: {stream.skips.as_dict()})")
-            it.close()
-            it = _batch_iter(stream, per_rank, epoch, 0, settings, d.device, text_tok)
+        def next_batch() -> Batch:
+            nonlocal it, epoch, cursor, empty_epochs
+            while True:
+                b = next(it, None)
+                if b is not None:
+                    empty_epochs = 0
+                    return b
+                epoch, cursor = epoch + 1, 0
+                empty_epochs += 1
+                if empty_epochs > 1:
+                    raise UserError(
+                        f"{method}: the data yields fewer than {per_rank} usable samples per process "
+                        f"(skipped: {stream.skips.as_dict()})")
+                it.close()
+                it = _batch_iter(stream, per_rank, epoch, 0, pool)
 
-    ddp_model.train()
-    while step < settings.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, settings)
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(settings.accum_steps):
-            batch = next_batch()
-            images = batch.images(d.device)
-            labels = torch.tensor(batch.labels, dtype=torch.long).to(d.device, non_blocking=True)
-            texts = batch.texts(d.device)
-            sync = micro == settings.accum_steps - 1 or d.world_size == 1
-            ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
-            with ctx:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    loss = compute_loss(ddp_model, kind, loss_name, images, texts, labels, d,
-                                        settings)
-                (loss / settings.accum_steps).backward()
-            total += float(loss.detach()) / settings.accum_steps
-            cursor = batch.positions[-1] + 1
-            seen += len(batch) * d.world_size
-        if settings.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        if hasattr(model, "logit_scale"):
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        steps_this_call += 1
-        losses_seen.append(total)
-        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        ddp_model.train()
+        while step < settings.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, settings)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(settings.accum_steps):
+                batch = next_batch()
+                images = batch.images(d.device)
+                labels = torch.tensor(batch.labels, dtype=torch.long).to(d.device, non_blocking=True)
+                texts = batch.texts(d.device)
+                sync = micro == settings.accum_steps - 1 or d.world_size == 1
+                ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
+                with ctx:
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                        loss = compute_loss(ddp_model, kind, loss_name, images, texts, labels, d,
+                                            settings)
+                    (loss / settings.accum_steps).backward()
+                total += float(loss.detach()) / settings.accum_steps
+                cursor = batch.positions[-1] + 1
+                seen += len(batch) * d.world_size
+            if settings.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            opt.step()
+            if hasattr(model, "logit_scale"):
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            steps_this_call += 1
+            losses_seen.append(total)
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4f}", samples_s=f"{rate:.1f}")
+            if d.is_main and (step % settings.log_every == 0 or step == settings.steps):
+                run.log_metrics({"event": "train", "method": method, "step": step, "loss": total,
+                                 "lr": lr_at(step - 1, settings), "epoch": epoch,
+                                 "samples_per_s": rate, "skipped": stream.skips.as_dict()})
+                if writer is not None:
+                    writer.add_scalar("train/loss", total, step)
+                    writer.add_scalar("train/samples_per_s", rate, step)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                cursors = _all_cursors(cursor, d)
+                if d.is_main:
+                    save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "step": step, "epoch": epoch, "cursors": cursors,
+                                     "skips": stream.skips.state(), "method": method,
+                                     "identity": identity},
+                                    run.checkpoint_dir / ckpt_name)
+                if d.world_size > 1:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+            if stop_after is not None and steps_this_call >= stop_after:
+                break
+        it.close()
+    finally:
+        pool.close()  # stops the loader's workers
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}", samples_s=f"{rate:.1f}")
-        if d.is_main and (step % settings.log_every == 0 or step == settings.steps):
-            run.log_metrics({"event": "train", "method": method, "step": step, "loss": total,
-                             "lr": lr_at(step - 1, settings), "epoch": epoch,
-                             "samples_per_s": rate, "skipped": stream.skips.as_dict()})
-            if writer is not None:
-                writer.add_scalar("train/loss", total, step)
-                writer.add_scalar("train/samples_per_s", rate, step)
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            cursors = _all_cursors(cursor, d)
-            if d.is_main:
-                save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "step": step, "epoch": epoch, "cursors": cursors,
-                                 "skips": stream.skips.state(), "method": method,
-                                 "identity": identity},
-                                run.checkpoint_dir / ckpt_name)
-            if d.world_size > 1:
-                import torch.distributed as dist
-
-                dist.barrier()
-        if stop_after is not None and steps_this_call >= stop_after:
-            break
-    it.close()  # stops the loader's workers
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
+            bar.close()
+        if writer is not None:
+            writer.close()
     return TrainResult(model, step, stream.skips.as_dict(),
                        seen / max(time.perf_counter() - t0, 1e-9), losses_seen)
