@@ -16,6 +16,15 @@ the number of the 27 x 1,000 OOD zero-shot test predictions that differ (float32
 kernels round differently, and AdamW turns rounding in near-zero gradients into small weight
 differences). The last line is ``ratio: <median one-at-a-time seconds / median stacked seconds>``.
 
+Before it, a **ceiling**: both arms run the same 27 x ``--steps`` forward and backward passes of
+the two convolution layers (each with its max-pool and ReLU), and no stacking removes that work.
+The benchmark times those passes alone, on the same shapes (a group's 128 inputs at the cell's
+image size, weights that need gradients, inputs that do not), in two forms: per cell, as
+:class:`~mmclshift.train.stacked.StackedSmallCNN` runs them, and batched over a seed group (one
+convolution with the group's first-layer filters concatenated, then one grouped convolution).
+``one-at-a-time seconds / the faster form's seconds`` is the largest ratio any stacked program
+built on these kernels can reach, even if everything but the convolutions cost nothing.
+
     PYTHONPATH=src python benchmarks/grid.py [--steps 15] [--repeats 3] [--threads 1] [--seeds 3]
 """
 
@@ -27,13 +36,14 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from mmclshift.config import replace
 from mmclshift.data.digits import load_embedded_digits
 from mmclshift.data.semisynthetic import MAX_CAPTION_LEN, VOCAB, build_splits, zero_shot_prompts
 from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
 from mmclshift.experiments.semisynthetic import demo_config
-from mmclshift.models.towers import TwoTowerModel
+from mmclshift.models.towers import TwoTowerModel, conv3x3_pool_relu
 from mmclshift.train.images import clamp_logit_scale, mmcl_loss_fn, train_loop
 from mmclshift.train.stacked import StackedCell, train_stacked
 
@@ -78,6 +88,36 @@ def stacked(cfg, cells) -> tuple[float, list[TwoTowerModel]]:
     return time.perf_counter() - t, [c.model for c in stack]
 
 
+def convolutions(cfg, n_groups: int, per_group: int, steps: int, grouped: bool) -> float:
+    """Seconds of ``steps`` forward and backward passes of every cell's two convolution layers
+    (with pool and ReLU), per cell or batched over each group (see the module docstring)."""
+    torch.manual_seed(0)
+    side, w = cfg.model.image_size or 28, cfg.model.cnn_width
+    xs = [torch.rand(cfg.train.batch_size, 3, side, side) for _ in range(n_groups)]
+    n = n_groups * per_group
+    w1 = (0.1 * torch.randn(n, w, 3, 3, 3)).requires_grad_()
+    b1 = torch.zeros(n, w).requires_grad_()
+    w2 = (0.1 * torch.randn(n, 2 * w, w, 3, 3)).requires_grad_()
+    b2 = torch.zeros(n, 2 * w).requires_grad_()
+    t = time.perf_counter()
+    for _ in range(steps):
+        outs = []
+        for g, x in enumerate(xs):
+            x = x.contiguous(memory_format=torch.channels_last)
+            cells = slice(g * per_group, (g + 1) * per_group)
+            if grouped:
+                h = conv3x3_pool_relu(x, w1[cells].flatten(0, 1), b1[cells].flatten())
+                outs.append(F.relu(F.max_pool2d(F.conv2d(h, w2[cells].flatten(0, 1), b2[cells].flatten(),
+                                                         padding=1, groups=per_group), 2)))
+            else:
+                for c in range(g * per_group, (g + 1) * per_group):
+                    outs.append(conv3x3_pool_relu(conv3x3_pool_relu(x, w1[c], b1[c]), w2[c], b2[c]))
+        sum(o.sum() for o in outs).backward()
+        for p in (w1, b1, w2, b2):
+            p.grad = None
+    return time.perf_counter() - t
+
+
 def compare(a: list[TwoTowerModel], b: list[TwoTowerModel], cells, tests) -> tuple[float, int, int]:
     """(largest parameter difference, differing ood predictions, predictions compared)."""
     diff, differing, total = 0.0, 0, 0
@@ -120,6 +160,20 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:<13} min {min(ts):7.2f} s  median {statistics.median(ts):7.2f} s  "
               f"({len(cells) * args.steps / statistics.median(ts):.0f} cell-steps/s)")
+    per_group = len(cells) // args.seeds
+    conv: dict[str, list[float]] = {"per cell": [], "grouped": []}
+    convolutions(cfg, args.seeds, per_group, 2, False)
+    convolutions(cfg, args.seeds, per_group, 2, True)  # warm-ups
+    for r in range(args.repeats):
+        for form in (("per cell", "grouped") if r % 2 == 0 else ("grouped", "per cell")):
+            conv[form].append(convolutions(cfg, args.seeds, per_group, args.steps, form == "grouped"))
+    for form, ts in conv.items():
+        print(f"convolutions alone, {form:<8}: min {min(ts):6.2f} s  median {statistics.median(ts):6.2f} s")
+    floor = min(statistics.median(ts) for ts in conv.values())
+    print(f"ceiling: one at a time / convolutions alone (faster form) = "
+          f"{statistics.median(times['one at a time']) / floor:.3f} (the most any stacking on these kernels "
+          f"can reach); stacked spends {100 * floor / statistics.median(times['stacked']):.0f}% of its time "
+          f"in them")
     diff, differing, total = compare(models["one at a time"], models["stacked"], cells, tests)
     print(f"agreement: largest parameter difference {diff:.2e}; {differing} of {total} ood zero-shot "
           f"predictions differ")
