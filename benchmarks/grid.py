@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
@@ -175,6 +176,7 @@ def main() -> None:
           f"can reach); stacked spends {100 * floor / statistics.median(times['stacked']):.0f}% of its time "
           f"in them")
     diff, differing, total = compare(models["one at a time"], models["stacked"], cells, tests)
+    print(f"load {os.getloadavg()[0]:.2f} (1-min) at the end")
     print(f"agreement: largest parameter difference {diff:.2e}; {differing} of {total} ood zero-shot "
           f"predictions differ")
     print(f"ratio min/min: {min(times['one at a time']) / min(times['stacked']):.3f}")
