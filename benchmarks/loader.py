@@ -103,7 +103,7 @@ def main() -> None:
     from mmclshift.experiments.real import build_stream, config_from_dict
     from mmclshift.models.clip_models import create_clip
     from mmclshift.runs import RunDir
-    from mmclshift.train.clip import TrainSettings, train
+    from mmclshift.train.clip import TrainSettings, make_optimizer, train
 
     tmp = tempfile.mkdtemp(prefix="mmclshift-loader-")
     try:
@@ -215,8 +215,7 @@ def main() -> None:
         def model_only() -> float:
             torch.manual_seed(0)
             m, _, _ = create_clip("mmcl-tiny")
-            opt = torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6,
-                                    weight_decay=0.1)
+            opt = make_optimizer(m, TrainSettings(**settings))  # the trainer's optimizer
             from mmclshift.losses import clip_loss_distributed
 
             t = time.perf_counter()
