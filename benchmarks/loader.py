@@ -28,6 +28,11 @@ The images of every arm are compared with ``ours w=0`` and the number of differi
 ``mmcl-tiny`` and 0 and 2 workers, and of the same steps on batches decoded beforehand (the model
 alone); "loader-bound" means the loop with workers is clearly slower than the model alone.
 
+A **ceiling** is printed beside them: the same chunks decoded by 2 forked processes, each taking
+every other chunk, with nothing passed back and nothing else running (their start outside the
+timer), over ``ours w=0``. It is what the machine's cores give any loader with 2 workers; on a
+virtual machine whose 2 cores slow each other down it is well below 2.
+
 The last line is ``ratio: <median ours w=2 / median ours w=0>`` (the parallel loader over the
 serial path, per pass of an epoch with the run's workers already started; higher is better);
 the line before it gives the same ratio for cold passes. All rates are min and median over the
@@ -37,13 +42,14 @@ gives the benchmark more than one core (on a shared machine with the kernel's au
 scheduling, every session shares the cores equally, however many processes it runs).
 
     PYTHONPATH=src python benchmarks/loader.py [--per-photo 334] [--size 48] [--batch 64]
-        [--repeats 3] [--train-steps 60]
+        [--repeats 5] [--train-steps 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -86,7 +92,7 @@ def main() -> None:
     ap.add_argument("--per-photo", type=int, default=334)
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--workers", default="0,1,2")
     args = ap.parse_args()
@@ -174,10 +180,37 @@ def main() -> None:
                [(f"tv   w={w}", run_tv, w) for w in workers]
         got: dict[str, list[float]] = {name: [] for name, _, _ in arms}
         reference = run_ours(0)[1]  # the images to compare with
+        decode = pools[0].fn  # the chunk decoder the workers run
+        plan = list(streams[0].plan(0))
+        tasks = [plan[i:i + args.batch] for i in range(0, len(plan), args.batch)]
+
+        def decode_part(part: int, go: Any) -> None:
+            go.wait()
+            for task in tasks[part::2]:
+                decode(task)
+
+        def run_probe() -> float:
+            """Decoding alone: 2 forked processes each decode every other chunk; nothing is
+            passed back and nothing else runs, so no loader on 2 workers can do better."""
+            ctx = multiprocessing.get_context("fork")
+            go = ctx.Event()
+            procs = [ctx.Process(target=decode_part, args=(part, go)) for part in (0, 1)]
+            for proc in procs:
+                proc.start()
+            time.sleep(0.2)  # forked and waiting: their start-up stays outside the timer
+            t = time.perf_counter()
+            go.set()
+            for proc in procs:
+                proc.join()
+            return len(reference) / (time.perf_counter() - t)
+
+        probe: list[float] = []
         for _, fn, w in arms:
             fn(w)  # warm-up: one pass of each arm (starts the kept workers)
+        run_probe()  # warm-up
         differing: dict[str, int] = {}
         for _ in range(args.repeats):
+            probe.append(run_probe())
             for name, fn, w in arms:
                 rate, images = fn(w)
                 got[name].append(rate)
@@ -200,6 +233,10 @@ def main() -> None:
             if w and f"tv   w={w}" in med:
                 print(f"ours w={w} / tv w={w}: {med[f'ours w={w}'] / med[f'tv   w={w}']:.2f}")
         print(f"tv w=0 / ours w=0: {med['tv   w=0'] / med['ours w=0']:.2f}")
+        print(f"decoding alone in 2 processes (no loader; fork outside the timer): {rates(probe)}")
+        print(f"ceiling: decoding alone in 2 processes / ours w=0 = "
+              f"{statistics.median(probe) / med['ours w=0']:.3f} (what this machine's 2 cores give "
+              f"any 2-worker loader)")
         for pool in pools.values():
             pool.close()
         for loader in loaders.values():
