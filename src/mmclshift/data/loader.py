@@ -15,6 +15,9 @@ With ``pin_memory`` (on GPU) the chunks' tensors are pinned by the DataLoader, a
 :meth:`Batch.images` copies them to the device without blocking; ``prefetch`` chunks per worker
 are decoded ahead. Shards are read in the training process (so that stream positions, the rank
 split and resumption stay exact); decoding, the costly part, is what the workers share.
+Decoded chunks come back by value through the DataLoader's pipe (see :func:`_to_wire`). A
+training run keeps its workers for all of its epochs (:func:`batch_pool`, :class:`WorkerPool`);
+:func:`iter_batches` without a pool starts workers for one epoch.
 
 :func:`iter_image_batches` does the same for a labelled image list (zero-shot evaluation).
 """
