@@ -250,7 +250,7 @@ class WorkerPool:
         if workers < 0 or prefetch < 1:
             raise UserError(f"data.workers must be >= 0 (got {workers}) and data.prefetch >= 1 "
                             f"(got {prefetch})")
-        self.fn, self.workers, self.pin_memory = fn, workers, pin_memory
+        self.fn, self.pin_memory = fn, pin_memory
         self._feed = _Feed()
         self._pass = 0
         self._loader: torch.utils.data.DataLoader | None = None

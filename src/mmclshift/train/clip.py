@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from mmclshift import losses
 from mmclshift.data.image_text import PairStream
-from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
+from mmclshift.data.loader import Batch, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
 
@@ -182,12 +182,6 @@ class TrainResult:
     losses: list[float]
 
 
-def _batch_iter(stream: PairStream, per_rank: int, epoch: int, start: int, pool: WorkerPool
-                ) -> Generator[Batch, None, None]:
-    """The epoch's batches, decoded by the run's pool (its workers persist across epochs)."""
-    return iter_batches(stream, per_rank, epoch, start, pool=pool)
-
-
 def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
     """Every rank's stream position (each rank resumes from its own)."""
     if d.world_size == 1:
@@ -290,7 +284,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
     pool = batch_pool(stream, workers=settings.workers, prefetch=settings.prefetch,
                       pin_memory=d.device.type == "cuda", tokenizer=text_tok)
     try:
-        it = _batch_iter(stream, per_rank, epoch, cursor, pool)
+        it = iter_batches(stream, per_rank, epoch, cursor, pool=pool)
         losses_seen: list[float] = []
         t0, seen = time.perf_counter(), 0
         steps_this_call = 0
@@ -310,7 +304,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
                         f"{method}: the data yields fewer than {per_rank} usable samples per process "
                         f"(skipped: {stream.skips.as_dict()})")
                 it.close()
-                it = _batch_iter(stream, per_rank, epoch, 0, pool)
+                it = iter_batches(stream, per_rank, epoch, 0, pool=pool)
 
         ddp_model.train()
         while step < settings.steps:
