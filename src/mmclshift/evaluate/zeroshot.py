@@ -49,7 +49,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from mmclshift.data.image_text import IMAGE_EXTENSIONS
-from mmclshift.data.loader import iter_image_batches
+from mmclshift.data.loader import iter_image_batches, ordered_map
 from mmclshift.errors import DataError, UserError
 
 PROTOCOLS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet")
@@ -419,36 +419,22 @@ TEXT_BATCH = 512
 #: Below this many texts a head is tokenized in the calling process (a worker is not worth it).
 TOKENIZE_IN_WORKERS_FROM = 2048
 
-_WORKER_TOKENIZER: Callable[[list[str]], torch.Tensor] | None = None
-
-
-def _init_tokenize_worker(tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-    torch.set_num_threads(1)
-
-
-def _tokenize_in_worker(texts: list[str]) -> torch.Tensor:
-    assert _WORKER_TOKENIZER is not None
-    return _WORKER_TOKENIZER(texts)
-
 
 def tokenized_chunks(tokenizer: Callable[[list[str]], torch.Tensor], chunks: Sequence[list[str]],
                      workers: int) -> Iterator[torch.Tensor]:
     """The token tensors of ``chunks`` (lists of texts), in order, tokenized ahead of use.
 
     With ``workers`` > 0 and a ``fork`` start method, the chunks are tokenized in that many forked
-    processes (the tokenizer is inherited, not pickled), so tokenizing -- pure Python, most of the
-    work of a small text tower's head -- runs beside the text-tower forwards on other cores instead
-    of contending for the interpreter lock. Otherwise the next chunk is tokenized in a background
-    thread while the caller encodes the current one. The tokens are the same either way.
+    DataLoader workers (:func:`mmclshift.data.loader.ordered_map`; the tokenizer is inherited, not
+    pickled), so tokenizing -- pure Python, most of the work of a small text tower's head -- runs
+    beside the text-tower forwards on other cores instead of contending for the interpreter lock.
+    Otherwise the next chunk is tokenized in a background thread while the caller encodes the
+    current one. The tokens are the same either way.
     """
     if not chunks:
         return
     if workers > 0 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_init_tokenize_worker, initargs=(tokenizer,)) as pool:
-            yield from pool.map(_tokenize_in_worker, chunks)
+        yield from ordered_map(tokenizer, chunks, workers=min(workers, len(chunks)))
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(tokenizer, chunks[0])
