@@ -25,9 +25,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from mmclshift.errors import UserError
@@ -326,3 +328,77 @@ def check_counts(acc: Sequence[float], correct: Sequence[float | None], n: Seque
 def _floats(values: Sequence[float | None]) -> list[float]:
     """Values as floats, with None (a record without the key) as NaN."""
     return [float("nan") if v is None else float(v) for v in values]
+
+
+#: the split columns an accuracy table (``mmclshift robustness --table``) may have
+TABLE_SPLITS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a",
+                "objectnet", "id_r200", "id_a200", "id_objectnet")
+#: the kind the rows of an accuracy table get in the collected-table shape
+TABLE_KIND = "table"
+
+
+def read_accuracy_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV of accuracies the user already has, in the shape ``collect`` gives runs.
+
+    Columns: ``model`` (unique names), an optional ``method`` (the name ``--baseline`` picks
+    rows by), and split columns of :data:`TABLE_SPLITS` holding top-1 accuracy as a fraction in
+    [0, 1]; an empty cell means not evaluated. A value that is not a number, lies outside
+    [0, 1] (a percentage, say), an unknown column, a duplicate model, or a missing ``model``
+    column or ``required`` split column is a one-line :class:`UserError` naming the file, and the
+    row (its line in the file) and column where there is one.
+
+    Returns one row per (model, split with a value): ``run`` (the model), ``kind``
+    (:data:`TABLE_KIND`), ``method``, ``split``, ``accuracy``, ``correct`` and ``n`` (None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--table {path}: no such file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable CSV table ({first})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "model" not in df.columns:
+        raise UserError(f"{path}: no 'model' column (columns: {', '.join(df.columns)})")
+    unknown = [c for c in df.columns if c not in ("model", "method", *TABLE_SPLITS)]
+    if unknown:
+        raise UserError(f"{path}: unknown column {unknown[0]!r} (expected model, method and split "
+                        f"columns named {', '.join(TABLE_SPLITS)})")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (needed by the test sets "
+                        "asked for)")
+    splits = [c for c in TABLE_SPLITS if c in df.columns]
+    if not splits:
+        raise UserError(f"{path}: no split column (expected some of {', '.join(TABLE_SPLITS)})")
+    seen: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    for i, rec in enumerate(df.to_dict("records")):
+        line = i + 2  # the header is line 1
+        model = rec["model"].strip()
+        if not model:
+            raise UserError(f"{path}: row {line}: empty 'model'")
+        if model in seen:
+            raise UserError(f"{path}: row {line}: model {model!r} already on row {seen[model]}")
+        seen[model] = line
+        method = rec.get("method", "").strip() or "-"
+        for split in splits:
+            cell = rec[split].strip()
+            if not cell:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise UserError(f"{path}: row {line} (model {model!r}), column {split!r}: "
+                                f"{cell!r} is not a number") from None
+            if not np.isfinite(value) or not 0 <= value <= 1:
+                hint = " (a percentage? give fractions: divide by 100)" \
+                    if np.isfinite(value) and 1 < value <= 100 else ""
+                raise UserError(f"{path}: row {line} (model {model!r}), column {split!r}: "
+                                f"{cell} is not a fraction in [0, 1]{hint}")
+            rows.append({"run": model, "kind": TABLE_KIND, "method": method, "split": split,
+                         "accuracy": value, "correct": None, "n": None})
+    if not rows:
+        raise UserError(f"{path}: no accuracies (every split cell is empty)")
+    return pd.DataFrame(rows)
