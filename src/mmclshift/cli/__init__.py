@@ -29,6 +29,7 @@ from mmclshift.cli import (
     theory_map,
     train,
 )
+from mmclshift.cli import eval as eval_cmd
 from mmclshift.errors import UserError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -37,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo,
     "grid": grid,
     "collect": collect,
+    "eval": eval_cmd,
     "robustness": robustness,
     "report": report,
     "claims": claims,

@@ -587,10 +587,17 @@ def group_scorer(scorer: Scorer, ev: EvalSet, device: torch.device | str = "cpu"
     return (lambda images: group_max(logits_fn(images))), missing
 
 
+def topk_hits(glog: torch.Tensor, labels: torch.Tensor, k: int = 5
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 hit, top-k hit) per image: boolean tensors of group logits against labels."""
+    topk = glog.topk(min(k, glog.shape[1]), dim=1).indices
+    return topk[:, 0] == labels, (topk == labels[:, None]).any(1)
+
+
 def topk_correct(glog: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[int, int]:
     """(top-1 correct, top-k correct) of group logits against labels."""
-    topk = glog.topk(min(k, glog.shape[1]), dim=1).indices
-    return int((topk[:, 0] == labels).sum()), int((topk == labels[:, None]).any(1).sum())
+    hit1, hitk = topk_hits(glog, labels, k)
+    return int(hit1.sum()), int(hitk.sum())
 
 
 @torch.no_grad()
@@ -598,13 +605,18 @@ def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tens
              device: torch.device | str = "cpu", batch_size: int = 256, progress: bool = False,
              workers: int = 0, prefetch: int = 2) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``scorer`` on ``ev``; unreadable images are skipped and counted.
-    Images are decoded in ``workers`` DataLoader processes (0: in this one)."""
+    Images are decoded in ``workers`` DataLoader processes (0: in this one).
+
+    ``mean_per_class_recall``: the mean over the classes with test images of each class's top-1
+    recall (CLIP_benchmark's metric of that name, sklearn's ``balanced_accuracy_score``)."""
     device = torch.device(device)
     score, missing = group_scorer(scorer, ev, device)
     was_training = getattr(scorer.model, "training", False)
     if hasattr(scorer.model, "eval"):
         scorer.model.eval()
     correct1 = correct5 = n = 0
+    class_n = torch.zeros(len(ev.groups), dtype=torch.long)
+    class_hit = torch.zeros(len(ev.groups), dtype=torch.long)
     skipped: Counter = Counter()
     it: Any = iter_image_batches(ev.samples, with_border_crop(preprocess, ev.border), batch_size,
                                  workers=workers, prefetch=prefetch,
@@ -620,16 +632,21 @@ def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tens
         if not labels:
             continue
         glog = score(decoded.images.to(device, non_blocking=True))  # (b, groups)
-        c1, c5 = topk_correct(glog, torch.tensor(labels, device=device))
-        correct1 += c1
-        correct5 += c5
+        target = torch.tensor(labels, device=device)
+        hit1, hit5 = topk_hits(glog, target)
+        correct1 += int(hit1.sum())
+        correct5 += int(hit5.sum())
         n += len(labels)
+        class_n += torch.bincount(target.cpu(), minlength=len(ev.groups))
+        class_hit += torch.bincount(target[hit1].cpu(), minlength=len(ev.groups))
     if was_training:
         scorer.model.train()
     return {
         "event": "eval", "split": ev.name, "protocol": ev.protocol, "head": ev.head,
         "border": ev.border,
         "accuracy": correct1 / n if n else float("nan"), "top5": correct5 / n if n else float("nan"),
+        "mean_per_class_recall": (float((class_hit[class_n > 0].double() / class_n[class_n > 0]).mean())
+                                  if n else float("nan")),
         "n": n, "correct": correct1, "correct_top5": correct5, "n_classes": len(ev.groups),
         "expected_n": ev.expected_size, "excluded": ev.excluded, "skipped": dict(skipped),
         "classes_missing_from_model": missing, "warnings": list(ev.warnings), "theory": None,
