@@ -196,3 +196,15 @@ def test_runs_against_the_testbed_with_plot(tmp_path, capsys):
     assert "er_imagenet-r" not in rows["sl"] or rows["sl"]["er_imagenet-r"] is None
     assert any("'id_r200'" in n for n in out["notes"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_has_the_testbed_section(tmp_path):
+    from mmclshift.analysis.report import write_report
+
+    _fake_run(tmp_path / "runs" / "a", {"id": (3000, 10000), "imagenet-v2": (2500, 10000)})
+    _fake_run(tmp_path / "runs" / "b", {"id": (2000, 10000), "imagenet-v2": (1500, 10000)},
+              method="sl", kind="sl")
+    page = write_report([tmp_path / "runs"], tmp_path / "report.html").read_text()
+    section = page[page.index("id='testbed'"):]
+    assert "data:image/png;base64," in section[:5000]
+    assert "imagenet-v2" in section and "runs/a" in section

@@ -285,6 +285,26 @@ def _er_section(ctx: ReportContext) -> str:
               "prediction):</p>" + _table_html(er))
 
 
+def _testbed_section(ctx: ReportContext) -> str:
+    """Real-data runs against imagenet-testbed's lines (:mod:`mmclshift.analysis.testbed`)."""
+    from mmclshift.analysis.testbed import testbed_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = testbed_report(ctx.col.table, Path(tmp) / "testbed.png")
+        if res is None:
+            return ""
+        png, er, notes = res
+        img = _img(png)
+    er = er.assign(run=[ctx.rel(r) for r in er["run"]])
+    return ("<h2 id='testbed'>On the field's line: imagenet-testbed</h2><p>Each shifted ImageNet "
+            "against ImageNet val (restricted to the shift's classes for -R, -A and ObjectNet), "
+            "logit axes: the testbed's models as faded points by type, the line fitted (OLS) to "
+            "its 85 standard models with a 95% bootstrap band (ImageNet-A: two pieces, split "
+            "where ResNet-50 scores 0%), y = x, and these runs (stars: CLIP, squares: SL). "
+            "ER = OOD accuracy minus the line's.</p>" + img + _table_html(er)
+            + "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in notes))
+
+
 def _results_section(ctx: ReportContext) -> str:
     col = ctx.col
     grouped = group_over_seeds(col.table, [k for k in col.varying if k in col.table.columns])
@@ -325,7 +345,7 @@ SectionBuilder = Callable[[ReportContext], str]
 #: the report's sections in order: findings first, the inventory of runs and configs last.
 #: Other modules may insert their own builders (each returns HTML, or "" to be left out).
 SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _maps_section, _theory_section,
-                                  _er_section, _results_section, _runs_section]
+                                  _er_section, _testbed_section, _results_section, _runs_section]
 
 
 def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,

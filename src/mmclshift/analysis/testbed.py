@@ -121,6 +121,7 @@ class Piece:
     lo: float
     hi: float
     models: list[str]  # the testbed models it is fitted to
+    ood: str
     er: EffectiveRobustness  # fit, band (and ER of the points passed to fit_testbed)
 
 
@@ -148,6 +149,15 @@ class TestbedFit:
         for i, p in enumerate(self.pieces):
             out[which == i] = p.fit.predict(x[which == i])
         return out
+
+
+def piece_line(p: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                  tuple[float, float]]:
+    """A piece as :class:`Panel` draws it: x, line, band, and the ID range of its models."""
+    x = load_testbed().set_index("model").loc[p.models]
+    ids = x[TESTBED_SHIFTS[p.ood]]
+    return (p.er.band_x, p.fit.predict(p.er.band_x), p.er.band_lo, p.er.band_hi,
+            (float(ids.min()), float(ids.max())))
 
 
 def fit_testbed(ood: str, *, kind: Transform = "logit", n_boot: int = 0, seed: int = 0,
@@ -183,7 +193,7 @@ def fit_testbed(ood: str, *, kind: Transform = "logit", n_boot: int = 0, seed: i
         er = effective_robustness(x, y, mask, kind=kind, n_boot=n_boot, seed=seed,
                                   band_points=band_points, labels=list(side["model"]) +
                                   [f"point {i}" for i in range(len(near))])
-        pieces.append(Piece(er.fit, lo, hi, list(side["model"]), er))
+        pieces.append(Piece(er.fit, lo, hi, list(side["model"]), ood, er))
     return TestbedFit(ood, id_split, pieces, pivot, pts)
 
 
@@ -245,7 +255,9 @@ class Panel:
     id_split: str
     ood: str
     points: pd.DataFrame  # run, method, id_acc, ood_acc, *_ci_lo/_ci_hi (NaN: none), er
-    lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # x, fit, band lo, hi
+    #: per line piece: x, fit, band lo, band hi, and the ID range of the points it is fitted to
+    #: (drawn solid there, dashed where it is extrapolated)
+    lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]]
     baseline: str  # legend label of the line
     kind: str | None = None
 
@@ -304,11 +316,16 @@ def plot_panels(panels: Sequence[Panel], out: str | Path, *, transform_kind: Tra
                 ok = tb["ood"] > 0
                 xs += list(tb["id"])
                 ys += list(tb["ood"][ok])
-            for i, (bx, fit, lo, hi) in enumerate(panel.lines):
+            for i, (bx, fit, lo, hi, (x0, x1)) in enumerate(panel.lines):
                 ax.fill_between(tx(bx), tx(lo), tx(hi), color="tab:red", alpha=0.25, lw=0,
                                 zorder=3, label="95% bootstrap band" if i == 0 else None)
-                ax.plot(tx(bx), tx(fit), color="tab:red", lw=1.4, zorder=4,
+                inside = (bx >= x0) & (bx <= x1)
+                ax.plot(tx(bx[inside]), tx(fit[inside]), color="tab:red", lw=1.4, zorder=4,
                         label=panel.baseline if i == 0 else None)
+                for part in (bx < x0, bx > x1):
+                    if part.sum() > 1:
+                        ax.plot(tx(bx[part]), tx(fit[part]), color="tab:red", lw=1.1, ls=":",
+                                zorder=4, label="line extrapolated" if i == 0 else None)
             pts = panel.points
             for (method, run), g in pts.groupby(["method", "run"], sort=False):
                 fam = method_family(str(run), str(method))
@@ -367,3 +384,59 @@ def fit_points(ood: str) -> pd.DataFrame:
     keep = df[id_split].notna() & df[ood].notna()
     return pd.DataFrame({"model": df["model"], "model_type": df["model_type"],
                          "id": df[id_split], "ood": df[ood]})[keep].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the report's section
+
+
+def testbed_report(table: pd.DataFrame, out_png: str | Path, *, n_boot: int = 1000
+                   ) -> tuple[Path, pd.DataFrame, list[str]] | None:
+    """Every collected run on the testbed's lines: (the plot, one row per run, method and shift
+    with its ER against the testbed line, notes), or None when no run has a shift with its
+    testbed ID axis. ``table`` is :func:`~mmclshift.analysis.collect.collect`'s table."""
+    from mmclshift.analysis.figures import er_points
+    from mmclshift.analysis.robustness import clopper_pearson, shift_pairs
+
+    if table.empty or "split" not in table.columns:
+        return None
+    panels, rows, notes = [], [], []
+    found = {o: i for i, o in shift_pairs(set(table["split"]))}
+    for ood in TESTBED_SHIFTS:
+        if ood not in found:
+            continue
+        id_split = found[ood]
+        try:
+            testbed_id_split(ood, id_split)
+        except UserError as exc:
+            notes.append(str(exc).removeprefix("--baseline testbed: "))
+            continue
+        pts = er_points(table, id_split, ood)
+        pts = pts[pts[["accuracy_id", "accuracy_ood"]].notna().all(axis=1)]
+        if pts.empty:
+            continue
+        fit = fit_testbed(ood, n_boot=n_boot, extra_id=pts["accuracy_id"].astype(float))
+        pred = fit.predict(pts["accuracy_id"].astype(float))
+        ci = {}
+        for side in ("id", "ood"):
+            k, n = pts[f"correct_{side}"], pts[f"n_{side}"]
+            has = (k.notna() & n.notna()).to_numpy()
+            lo, hi = np.full(len(pts), np.nan), np.full(len(pts), np.nan)
+            if has.any():
+                lo[has], hi[has] = clopper_pearson(k[has].astype(float), n[has].astype(float))
+            ci[side] = (lo, hi)
+        prow = pd.DataFrame({
+            "run": pts["run"].to_numpy(), "method": pts["method"].to_numpy(), "id": id_split,
+            "ood": ood, "id_acc": pts["accuracy_id"].astype(float).to_numpy(),
+            "id_ci_lo": ci["id"][0], "id_ci_hi": ci["id"][1],
+            "ood_acc": pts["accuracy_ood"].astype(float).to_numpy(),
+            "ood_ci_lo": ci["ood"][0], "ood_ci_hi": ci["ood"][1], "predicted_ood": pred,
+            "er": pts["accuracy_ood"].astype(float).to_numpy() - pred})
+        rows.append(prow)
+        panels.append(Panel(id_split, ood, prow,
+                            [piece_line(p) for p in fit.pieces],
+                            "imagenet-testbed line (standard models)"))
+    if not panels:
+        return None
+    png = plot_panels(panels, out_png, title="Runs on imagenet-testbed's lines (logit axes; "
+                      "bars: 95% Clopper-Pearson per run; band: 95% bootstrap)")
+    return png, pd.concat(rows, ignore_index=True), notes

@@ -41,6 +41,7 @@ from mmclshift.analysis.testbed import (
     TESTBED_SHIFTS,
     Panel,
     fit_testbed,
+    piece_line,
     plot_panels,
     testbed_id_split,
 )
@@ -144,7 +145,9 @@ def _method_line(pts: pd.DataFrame, where: str, id_split: str, ood: str,
     fit = {"id": id_split, "ood": ood, "transform": args.transform, "baseline": args.baseline,
            "piece": "all", "pivot": None, "slope": er.fit.slope, "intercept": er.fit.intercept,
            "r": er.fit.rvalue, "baseline_runs": n_base}
-    line = (er.band_x, er.fit.predict(er.band_x), er.band_lo, er.band_hi)
+    base_x = pts["accuracy_id"][pts["method"] == args.baseline].astype(float)
+    line = (er.band_x, er.fit.predict(er.band_x), er.band_lo, er.band_hi,
+            (float(base_x.min()), float(base_x.max())))
     return er.predicted, [fit], [line]
 
 
@@ -160,7 +163,7 @@ def _testbed_line(pts: pd.DataFrame, id_split: str, ood: str, args: argparse.Nam
                      "baseline": TESTBED, "piece": piece, "pivot": tb.pivot, "slope": p.fit.slope,
                      "intercept": p.fit.intercept, "r": p.fit.rvalue,
                      "baseline_runs": len(p.models)})
-        lines.append((p.er.band_x, p.fit.predict(p.er.band_x), p.er.band_lo, p.er.band_hi))
+        lines.append(piece_line(p))
     return tb.predict(pts["accuracy_id"].astype(float)), fits, lines
 
 
