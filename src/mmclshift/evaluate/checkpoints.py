@@ -173,11 +173,9 @@ def resolve_target(target: str | Path, *, model: str | None = None, image_size: 
                             "drop --model")
         cfg = _run_config(path)
         ckpts = {m.name: path / CHECKPOINT_DIR / m.name / "last.pt" for m in cfg.methods}
-        for ck in ckpts.values():
-            state = read_checkpoint(ck)
-            if not is_our_checkpoint(state):
-                raise DataError(f"{ck}: not an mmclshift training checkpoint (no "
-                                f"{', '.join(OUR_KEYS)})")
+        for ck in ckpts.values():  # read (and checked) when the models are built
+            if not ck.is_file():
+                raise DataError(f"{ck}: no such checkpoint file (has the run finished?)")
         return Target("run", path, ckpts, cfg, cfg.model.name, cfg.model.image_size)
     if not path.exists():
         raise UserError(f"{path}: no such run directory or checkpoint file")
@@ -249,6 +247,9 @@ def _load_ours(cfg: RealExperimentConfig, method: MethodConfig, ckpt: Path, n_cl
 
     model, preprocess, tokenizer = build_method(cfg, method, n_classes)
     state = read_checkpoint(ckpt)
+    if not is_our_checkpoint(state):
+        raise DataError(f"{ckpt}: not an mmclshift training checkpoint (no "
+                        f"{', '.join(OUR_KEYS)})")
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, ValueError) as exc:
