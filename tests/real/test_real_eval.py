@@ -126,10 +126,11 @@ def _one_line(code, err, *needles):
 def test_bad_targets_are_one_line(trained, tmp_path, capsys):
     text = tmp_path / "notes.pt"
     text.write_text("not weights\n")
-    _one_line(*_cli(capsys, text, "--model", "RN50", "--smoke")[::2], text,
+    _one_line(*_cli(capsys, text, "--model", "RN50", "--smoke", "--out", tmp_path / "x")[::2], text,
               "not a checkpoint (not a file written by torch.save)")
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    _one_line(*_cli(capsys, tmp_path / "list.pt", "--model", "RN50", "--smoke")[::2],
+    _one_line(*_cli(capsys, tmp_path / "list.pt", "--model", "RN50", "--smoke",
+                    "--out", tmp_path / "x")[::2],
               tmp_path / "list.pt", "not a checkpoint")
     register_model_configs()
     tiny = open_clip.create_model("mmcl-tiny", pretrained=None)
@@ -137,17 +138,20 @@ def test_bad_targets_are_one_line(trained, tmp_path, capsys):
     _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--model", "RN50", "--smoke",
                     "--out", tmp_path / "x")[::2],
               tmp_path / "tiny.pt", "do not fit OpenCLIP architecture 'RN50'")
-    assert not (tmp_path / "x" / "metrics.jsonl").exists()  # nothing written before the check
-    _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--smoke")[::2], "give its architecture "
-              "with --model ARCH")
-    _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--model", "no-such-arch", "--smoke")[::2],
-              "unknown OpenCLIP architecture")
+    assert not (tmp_path / "x").exists()  # nothing written, not even the fixtures
+    _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--smoke", "--out", tmp_path / "x")[::2],
+              "give its architecture with --model ARCH")
+    _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--model", "no-such-arch", "--smoke",
+                    "--out", tmp_path / "x")[::2], "unknown OpenCLIP architecture")
     _one_line(*_cli(capsys, tmp_path / "tiny.pt", "--model", "mmcl-tiny")[::2],
               "no test sets")
     lone = tmp_path / "lone.pt"
     lone.write_bytes((trained / "checkpoints" / "clip" / "last.pt").read_bytes())
-    _one_line(*_cli(capsys, lone, "--smoke")[::2], lone, "outside its run directory", "--config")
-    _one_line(*_cli(capsys, tmp_path, "--smoke")[::2], tmp_path, "not a run directory")
+    _one_line(*_cli(capsys, lone, "--smoke", "--out", tmp_path / "x")[::2], lone,
+              "outside its run directory", "--config")
+    _one_line(*_cli(capsys, tmp_path, "--smoke", "--out", tmp_path / "x")[::2], tmp_path,
+              "not a run directory")
+    assert not (tmp_path / "x").exists()
     _one_line(*_cli(capsys, tmp_path / "missing.pt")[::2], "no such run directory or checkpoint")
 
 

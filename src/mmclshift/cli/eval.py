@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.templates:
         eval_cfg = replace(eval_cfg, templates=args.templates)
     cfg = replace(probe, eval=eval_cfg)
-    records = evaluate_target(target, cfg, out, force=args.force,
+    records = evaluate_target(target, cfg, out, force=args.force, smoke=args.smoke,
                               progress=not args.no_progress and not args.json)
     if args.json:
         print_json_lines(records)

@@ -260,13 +260,13 @@ def _load_ours(cfg: RealExperimentConfig, method: MethodConfig, ckpt: Path, n_cl
 
 
 def smoke_eval(out: str | Path) -> EvalConfig:
-    """The built-in fixtures' test set (built under ``out/fixtures``): 3 ImageNet classes."""
-    from mmclshift.data.fixtures import build_fixtures
-
-    fx = build_fixtures(Path(out) / "fixtures")
-    return EvalConfig(sets=[EvalSetConfig("id", str(fx["eval"]), "imagenet",
-                                          subset=str(fx["subset"]))], templates="simple",
-                      batch_size=64)
+    """The built-in fixtures' test set, 3 ImageNet classes, as it lies once
+    :func:`~mmclshift.data.fixtures.build_fixtures` has built it under ``out/fixtures``
+    (:func:`evaluate_target` builds it with ``smoke=True``, after the models load)."""
+    root = Path(out) / "fixtures"
+    return EvalConfig(sets=[EvalSetConfig("id", str(root / "eval" / "imagenet"), "imagenet",
+                                          subset=str(root / "eval" / "subset3.txt"))],
+                      templates="simple", batch_size=64)
 
 
 def read_eval_section(path: str | Path) -> EvalConfig:
@@ -313,13 +313,17 @@ def clip_benchmark_record(rec: dict[str, Any], cfg: CheckpointEvalConfig,
 
 
 def evaluate_target(target: Target, cfg: CheckpointEvalConfig, out: str | Path, *,
-                    force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                    force: bool = False, progress: bool = True,
+                    smoke: bool = False) -> list[dict[str, Any]]:
     """Score every method of ``target`` on ``cfg.eval``'s test sets into run directory ``out``.
 
     A directory already holding this evaluation finished is not redone: its records are returned.
-    Another config there is refused unless ``force`` (then moved aside).
+    Another config there is refused unless ``force`` (then moved aside). ``smoke``: build the
+    fixtures of :func:`smoke_eval` under ``out/fixtures`` once the models have loaded. Nothing is
+    written before every model has loaded and every test set resolved.
     """
     from mmclshift.data.captions import load_vocab
+    from mmclshift.data.fixtures import build_fixtures
     from mmclshift.evaluate.zeroshot import (
         Scorer,
         TextHeadCache,
@@ -333,10 +337,14 @@ def evaluate_target(target: Target, cfg: CheckpointEvalConfig, out: str | Path, 
         return eval_records(out)
     if not cfg.eval.sets:
         raise UserError("no test sets: give --data FILE (a config with an eval section) or --smoke")
-    sets = [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
-                             classes_file=s.classes_file, mappings_dir=s.mappings_dir,
-                             expected_size=s.expected_size, objectnet_head=s.objectnet_head,
-                             border=s.border) for s in cfg.eval.sets]
+
+    def resolve() -> list[Any]:
+        return [resolve_eval_set(s.name, s.root, s.protocol, subset=s.subset,
+                                 classes_file=s.classes_file, mappings_dir=s.mappings_dir,
+                                 expected_size=s.expected_size, objectnet_head=s.objectnet_head,
+                                 border=s.border) for s in cfg.eval.sets]
+
+    sets = None if smoke else resolve()  # a missing test set fails before any model loads
     load_templates(cfg.eval.templates)
     vocab = load_vocab(cfg.data.vocab) if cfg.data.vocab else None
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
@@ -353,6 +361,10 @@ def evaluate_target(target: Target, cfg: CheckpointEvalConfig, out: str | Path, 
             assert target.cfg is not None and vocab is not None
             model, preprocess, tokenizer, step = _load_ours(target.cfg, method, ckpt, len(vocab))
         loaded[method.name] = (model.to(device), preprocess, tokenizer, step)
+    if smoke:
+        build_fixtures(Path(out) / "fixtures")
+        sets = resolve()
+    assert sets is not None
     run = RunDir.create(out, cfg, seed=cfg.seed, device=str(device), force=force)
     records: list[dict[str, Any]] = []
     cache = TextHeadCache()
