@@ -186,6 +186,8 @@ def fit_testbed(ood: str, *, kind: Transform = "logit", n_boot: int = 0, seed: i
     extra = np.asarray(extra_id, dtype=np.float64)
     pieces = []
     for side, (lo, hi) in zip(sides, bounds, strict=True):
+        # the extra ID accuracies only widen the range the band is evaluated over: they are
+        # passed as non-baseline points (OOD placeholder 0.5, unused) and take no part in the fit
         near = extra[(extra > lo) & (extra <= hi)] if len(extra) else extra
         x = np.concatenate([side["id"].to_numpy(), near])
         y = np.concatenate([side["ood"].to_numpy(), np.full(len(near), 0.5)])
