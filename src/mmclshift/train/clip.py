@@ -21,6 +21,7 @@ One loop serves every method:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -182,6 +183,19 @@ class TrainResult:
     losses: list[float]
 
 
+@functools.cache
+def tensorboard_writer_class() -> type | None:
+    """TensorBoard's ``SummaryWriter``, or None (with one warning per process) when the
+    ``tensorboard`` package is not installed; any other failure propagates."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        log.warning("tensorboard is unavailable (%s): training goes on without tensorboard logs",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    return SummaryWriter
+
+
 def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
     """Every rank's stream position (each rank resumes from its own)."""
     if d.world_size == 1:
@@ -269,10 +283,9 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
 
     writer = None
     if d.is_main:
-        with contextlib.suppress(Exception):
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run.path / "tb" / method))
+        summary_writer = tensorboard_writer_class()
+        if summary_writer is not None:
+            writer = summary_writer(str(run.path / "tb" / method))
     bar = None
     if progress and d.is_main:
         from tqdm.auto import tqdm
