@@ -41,8 +41,11 @@ from mmclshift.data.image_text import PairStream
 from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
+from mmclshift.train.clip_settings import TrainSettings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TrainSettings", "train"]  # TrainSettings lives in train.clip_settings (no torch)
 
 MMCL_LOSSES = ("clip", "siglip", "clip_no_intra")
 SL_LOSSES = ("ce", "supcon")
@@ -85,25 +88,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 # --------------------------------------------------------------------------- settings
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings of one method's training (see ``experiments.real.TrainConfig``)."""
-
-    steps: int
-    batch_size: int
-    accum_steps: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
-    grad_clip: float | None = None
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    precision: str = "fp32"
-    supcon_temperature: float = 0.1
-    workers: int = 0  # DataLoader processes decoding images (0: in the training process)
-    prefetch: int = 2  # chunks decoded ahead per worker
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
@@ -466,7 +450,8 @@ class _Reporter:
             self.writer.close()
 
 
-def _wrap(model: nn.Module, kind: str, settings: TrainSettings, d: DistInfo) -> tuple[nn.Module, int]:
+def _wrap(model: nn.Module, kind: str, settings: TrainSettings, d: DistInfo
+          ) -> tuple[nn.Module, int]:
     """Check the batch against the processes, move the model to the device, wrap it in DDP
     when there are several; return the model to call and the per-process micro-batch."""
     if settings.batch_size % d.world_size:
