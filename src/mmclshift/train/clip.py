@@ -16,8 +16,11 @@ One loop serves every method:
   <method>/last.pt``) with model, optimizer, step, epoch, stream position and skip counts;
   ``resume: latest`` continues from it and ends with the same weights as an uninterrupted run on
   CPU (tested).
-* **Logs:** ``train`` records in metrics.jsonl, tensorboard scalars in ``<run>/tb/<method>``, and a
-  tqdm bar with samples/s.
+* **Logs:** ``train`` records in metrics.jsonl, tensorboard scalars in ``<run>/tb/<method>``
+  (without the ``tensorboard`` package: one warning, no scalars), and a tqdm bar with samples/s.
+
+:func:`train` strings together :func:`resume_training`, :func:`optimizer_step` (over
+:func:`accumulate_gradients`) and :func:`save_training`, fed by this rank's batches in stream order.
 """
 
 from __future__ import annotations
@@ -41,11 +44,9 @@ from mmclshift.data.image_text import PairStream
 from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
-from mmclshift.train.clip_settings import TrainSettings
+from mmclshift.train.clip_settings import TrainSettings  # defined apart (no torch); used from here
 
 log = logging.getLogger(__name__)
-
-__all__ = ["TrainSettings", "train"]  # TrainSettings lives in train.clip_settings (no torch)
 
 MMCL_LOSSES = ("clip", "siglip", "clip_no_intra")
 SL_LOSSES = ("ce", "supcon")
