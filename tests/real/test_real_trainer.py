@@ -194,3 +194,13 @@ def test_supcon_fits_the_sl_head():
     assert ref_acc >= 0.9  # the toy is separable in the trained features
     assert head_acc >= 0.9 and head_acc >= ref_acc - 0.05, (head_acc, ref_acc)
     assert unfitted_acc <= 0.6  # the initial head on the same features: the fit made the gap
+
+
+def test_contrastive_batch_counts_the_accumulated_samples(fx, tmp_path):
+    from mmclshift.errors import UserError
+
+    with pytest.raises(UserError, match="batch_size x train.accum_steps must be >= 2"):
+        _train(fx, str(tmp_path / "one"), batch=1, steps=1)
+    pairs, _ = _train(fx, str(tmp_path / "pairs"), batch=1, accum_steps=2, steps=1)
+    big, _ = _train(fx, str(tmp_path / "big"), batch=2, steps=1)
+    assert pairs.losses == pytest.approx(big.losses, rel=1e-5)

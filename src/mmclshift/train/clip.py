@@ -460,7 +460,8 @@ def _wrap(model: nn.Module, kind: str, settings: TrainSettings, d: DistInfo
                         f"{d.world_size} processes")
     per_rank = settings.batch_size // d.world_size
     if kind == "mmcl" and per_rank * d.world_size * settings.accum_steps < 2:
-        raise UserError("train.batch_size must be >= 2 for a contrastive loss")
+        raise UserError("train.batch_size x train.accum_steps must be >= 2 for a contrastive "
+                        "loss")
     model.to(d.device)
     if d.world_size == 1:
         return model, per_rank
