@@ -37,7 +37,8 @@ def _train(fx, out, *, kind="mmcl", loss="clip", steps=2, batch=4, resume=None, 
     model, preprocess, tokenizer = build_method(cfg, m, len(vocab))
     stream = build_stream(cfg, preprocess, vocab)
     run = RunDir.create(out, cfg, resume=resume is not None)
-    s = TrainSettings(steps=steps, batch_size=batch, lr=1e-3, log_every=1, workers=0, **settings)
+    s = TrainSettings(steps=steps, batch_size=batch, **{"lr": 1e-3, "log_every": 1, "workers": 0,
+                                                         **settings})
     return train(model, kind, loss, stream, tokenizer, s, run, m.name, resume=resume,
                  progress=False, stop_after=stop_after), run
 
