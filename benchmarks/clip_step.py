@@ -71,7 +71,8 @@ def main() -> None:
             model, preprocess, tok = create_clip("mmcl-tiny")
             stream = build_stream(cfg, preprocess, vocab)
             settings = TrainSettings(steps=steps, batch_size=args.batch, lr=5e-4,
-                                     checkpoint_every=10**9, log_every=10**9, precision="fp32")
+                                     checkpoint_every=10**9, log_every=10**9, precision="fp32",
+                                     workers=0)
             run = RunDir.create(f"{tmp}/ours{r}", cfg)
             # the whole call: optimizer setup, the loop, the final checkpoint
             with Stopwatch() as watch:

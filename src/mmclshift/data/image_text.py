@@ -15,8 +15,9 @@ Every format becomes a stream of :class:`Item` (key, image loader, captions). :c
 turns an epoch's items into decoded training samples for one rank in two stages: a cheap *plan*
 (:meth:`PairStream.plan`: item order, caption choice, rank split; shard-level skips) and the
 per-pair *work* (:meth:`PairStream.process`: caption transforms, class label, image decoding and
-transform). Unreadable or missing images, empty captions, captions that are not valid UTF-8 and
-unlabelled captions are *skipped and counted* (never raising mid-epoch). The serial path runs both
+transform). Undecodable or missing images, empty captions, captions that are not valid UTF-8 and
+unlabelled captions are *skipped and counted* (never raising mid-epoch); an exception in the image
+transform is a bug, not bad data, and propagates. The serial path runs both
 stages in the training process; :mod:`mmclshift.data.loader` runs the work in DataLoader workers
 and yields the same batches with the same skip counts.
 
@@ -31,6 +32,7 @@ import csv
 import io
 import json
 import random
+import struct
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -378,7 +380,8 @@ def make_source(fmt: str, path: str, *, image_root: str | None = None, image_key
 
 
 def load_image(image: str | bytes | None) -> Any:
-    """Decode an image to RGB PIL; raises ``FileNotFoundError`` / ``OSError`` on bad input."""
+    """Decode an image to RGB PIL; raises ``FileNotFoundError`` on a missing image and one of
+    :func:`decode_errors` on an unreadable one."""
     from PIL import Image
 
     if image is None:
@@ -393,16 +396,30 @@ def load_image(image: str | bytes | None) -> Any:
     return im.convert("RGB")
 
 
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions with which PIL reports an unreadable image: ``OSError`` (unidentified or
+    truncated files), and what its format plugins raise on damaged data (``SyntaxError``,
+    ``ValueError``, ``EOFError``, ``struct.error``) or on an image over its pixel limit."""
+    from PIL import Image
+
+    return (OSError, SyntaxError, ValueError, EOFError, struct.error,
+            Image.DecompressionBombError)
+
+
 def decode_image(image: str | bytes | None, transform: Callable[[Any], Any]
                  ) -> tuple[Any, str | None]:
     """``(transform(decoded image), None)``, or ``(None, reason)`` with reason ``missing_image``
-    or ``corrupt_image`` (any decoder or transform failure)."""
+    or ``corrupt_image`` (the image could not be decoded, see :func:`decode_errors`).
+
+    Only reading the image is guarded: an exception raised by ``transform`` propagates, so a
+    broken preprocessing step fails the run instead of turning every image into a skip."""
     try:
-        return transform(load_image(image)), None
+        decoded = load_image(image)
     except FileNotFoundError:
         return None, "missing_image"
-    except Exception:  # noqa: BLE001 - any decoder failure is a counted skip
+    except decode_errors():
         return None, "corrupt_image"
+    return transform(decoded), None
 
 
 @dataclass

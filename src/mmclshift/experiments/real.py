@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +30,10 @@ from mmclshift.config import (
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, atomic_write_text, identity_hash, seed_everything
 from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
+from mmclshift.train.clip_settings import TrainSettings
 
 KIND = "clip_real"
+DEFAULT = TrainSettings  # the defaults of the train keys and of data.workers/prefetch
 
 
 @dataclass
@@ -55,10 +57,11 @@ class DataConfig:
         "first", help="caption naming several classes: label with the first mentioned, or drop")
     no_class: Literal["drop", "keep"] = param(
         "drop", help="caption naming no class: drop it, or keep it with label -1")
-    workers: int = param(2, help="DataLoader processes decoding images for training and "
-                         "evaluation (0: in the main process; same batches either way)",
-                         check=nonnegative)
-    prefetch: int = param(2, help="chunks decoded ahead per worker", check=positive)
+    workers: int = param(DEFAULT.workers, help="DataLoader processes decoding images for "
+                         "training and evaluation (0: in the main process; same batches either "
+                         "way)", check=nonnegative)
+    prefetch: int = param(DEFAULT.prefetch, help="chunks decoded ahead per worker",
+                          check=positive)
 
 
 @dataclass
@@ -87,15 +90,21 @@ class MethodConfig:
 class TrainConfig:
     steps: int = param(1000, help="optimizer steps per method", check=positive)
     batch_size: int = param(256, help="global micro-batch (split over processes)", check=positive)
-    accum_steps: int = param(1, help="micro-batches accumulated per optimizer step", check=positive)
-    lr: float = param(5e-4, help="peak learning rate (AdamW)", check=positive)
-    weight_decay: float = param(0.1, help="AdamW weight decay", check=nonnegative)
-    warmup_steps: int = param(0, help="linear warmup steps", check=nonnegative)
-    grad_clip: float | None = param(None, help="clip the gradient norm (None: off)")
-    checkpoint_every: int = param(500, help="checkpoint every N steps", check=positive)
-    log_every: int = param(10, help="log a train record every N steps", check=positive)
-    precision: Literal["fp32", "amp"] = param("amp", help="amp: bfloat16 autocast on GPU")
-    supcon_temperature: float = param(0.1, help="SupCon temperature", check=positive)
+    accum_steps: int = param(DEFAULT.accum_steps, help="micro-batches accumulated per optimizer "
+                             "step (features cached: the loss sees the accumulated batch)",
+                             check=positive)
+    lr: float = param(DEFAULT.lr, help="peak learning rate (AdamW)", check=positive)
+    weight_decay: float = param(DEFAULT.weight_decay, help="AdamW weight decay", check=nonnegative)
+    warmup_steps: int = param(DEFAULT.warmup_steps, help="linear warmup steps", check=nonnegative)
+    grad_clip: float | None = param(DEFAULT.grad_clip, help="clip the gradient norm (None: off)")
+    checkpoint_every: int = param(DEFAULT.checkpoint_every, help="checkpoint every N steps",
+                                  check=positive)
+    log_every: int = param(DEFAULT.log_every, help="log a train record every N steps",
+                           check=positive)
+    precision: Literal["fp32", "amp"] = param(DEFAULT.precision,
+                                              help="amp: bfloat16 autocast on GPU")
+    supcon_temperature: float = param(DEFAULT.supcon_temperature, help="SupCon temperature",
+                                      check=positive)
     resume: str | None = param("latest", help="latest (this run's checkpoints), a path, or None")
     device: str = param("auto", help="auto, cpu or cuda")
 
@@ -213,16 +222,12 @@ def build_stream(cfg: RealExperimentConfig, preprocess: Any, vocab: Any, *, rank
                       world_size=world_size)
 
 
-def train_settings(cfg: RealExperimentConfig):
-    from mmclshift.train.clip import TrainSettings
-
-    t = cfg.train
-    return TrainSettings(steps=t.steps, batch_size=t.batch_size, accum_steps=t.accum_steps,
-                         lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
-                         grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
-                         log_every=t.log_every, precision=t.precision,
-                         supcon_temperature=t.supcon_temperature, workers=cfg.data.workers,
-                         prefetch=cfg.data.prefetch)
+def train_settings(cfg: RealExperimentConfig) -> TrainSettings:
+    """The trainer's settings: every :class:`TrainSettings` field from ``cfg.train`` (``workers``
+    and ``prefetch`` from ``cfg.data``)."""
+    t, d = cfg.train, cfg.data
+    return TrainSettings(**{f.name: getattr(t if hasattr(t, f.name) else d, f.name)
+                            for f in fields(TrainSettings)})
 
 
 def build_method(cfg: RealExperimentConfig, method: MethodConfig, n_classes: int):

@@ -8,24 +8,30 @@ One loop serves every method:
   use all ranks' features, gathered with gradients (``open_clip``'s ``gather_features``), so the
   loss is the global batch's loss. Rank r reads the stream positions p with p % world == r.
 * **Batches:** ``batch_size`` is the global micro-batch (split over ranks); ``accum_steps``
-  micro-batches are accumulated per optimizer step (each micro-batch is contrasted within itself).
+  micro-batches make one optimizer step's batch, with OpenCLIP's ``accum_freq`` semantics: their
+  features are cached, so the negatives of a contrastive loss span the whole accumulated batch and
+  the step's gradient is the one of that batch (:func:`accumulate_gradients`).
 * **Mixed precision** (``precision: amp``) on GPU with bfloat16 autocast.
 * **Checkpoints** every ``checkpoint_every`` steps, written atomically (``<run>/checkpoints/
   <method>/last.pt``) with model, optimizer, step, epoch, stream position and skip counts;
   ``resume: latest`` continues from it and ends with the same weights as an uninterrupted run on
   CPU (tested).
-* **Logs:** ``train`` records in metrics.jsonl, tensorboard scalars in ``<run>/tb/<method>``, and a
-  tqdm bar with samples/s.
+* **Logs:** ``train`` records in metrics.jsonl, tensorboard scalars in ``<run>/tb/<method>``
+  (without the ``tensorboard`` package: one warning, no scalars), and a tqdm bar with samples/s.
+
+:func:`train` strings together :func:`resume_training`, :func:`optimizer_step` (over
+:func:`accumulate_gradients`) and :func:`save_training`, fed by this rank's batches in stream order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +41,10 @@ from torch import nn
 
 from mmclshift import losses
 from mmclshift.data.image_text import PairStream
-from mmclshift.data.loader import Batch, batch_pool, iter_batches
+from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
+from mmclshift.train.clip_settings import TrainSettings  # defined apart (no torch); used from here
 
 log = logging.getLogger(__name__)
 
@@ -84,25 +91,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
 # --------------------------------------------------------------------------- settings
 
 
-@dataclass
-class TrainSettings:
-    """Optimisation settings of one method's training (see ``experiments.real.TrainConfig``)."""
-
-    steps: int
-    batch_size: int
-    accum_steps: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
-    grad_clip: float | None = None
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    precision: str = "fp32"
-    supcon_temperature: float = 0.1
-    workers: int = 0  # DataLoader processes decoding images (0: in the training process)
-    prefetch: int = 2  # chunks decoded ahead per worker
-
-
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     """OpenCLIP's AdamW (betas 0.9/0.98, eps 1e-6; no weight decay on gains, biases and the
     temperature), with PyTorch's fused kernel where the parameters' device has one.
@@ -137,14 +125,39 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def compute_loss(model: nn.Module, kind: str, loss_name: str, images: torch.Tensor,
-                 texts: torch.Tensor | None, labels: torch.Tensor, dist_info: DistInfo,
-                 settings: TrainSettings) -> torch.Tensor:
-    """The loss of one micro-batch for a method (MMCL kinds use both towers, SL the image one)."""
-    r, w = dist_info.rank, dist_info.world_size
+Tensors = dict[str, torch.Tensor]
+
+
+def forward_outputs(model: nn.Module, kind: str, loss_name: str, images: torch.Tensor,
+                    texts: torch.Tensor | None) -> tuple[Tensors, Tensors]:
+    """One micro-batch's forward: ``(per_sample, shared)`` outputs.
+
+    ``per_sample`` holds the tensors with one row per sample (features, logits), which the loss
+    of an accumulated batch concatenates over micro-batches; ``shared`` the model-wide scalars
+    (``logit_scale``, ``logit_bias``). Every parameter the loss reaches is reached through one of
+    them, which is what makes :func:`accumulate_gradients` exact.
+    """
     if kind == "mmcl":
         out = model(images, texts)
-        img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
+        per = {"image_features": out["image_features"], "text_features": out["text_features"]}
+        shared = {k: out[k] for k in ("logit_scale", "logit_bias") if out.get(k) is not None}
+        return per, shared
+    feats, logits = model(images)
+    per = {"features": feats, "logits": logits}
+    if loss_name == "supcon":
+        # SupCon trains the tower; the linear head is fitted alongside on detached features
+        per["head_logits"] = _unwrap(model).head(feats.detach())
+    return per, {}
+
+
+def loss_from_outputs(kind: str, loss_name: str, per: Tensors, shared: Tensors,
+                      labels: torch.Tensor, dist_info: DistInfo,
+                      settings: TrainSettings) -> torch.Tensor:
+    """A method's loss of a batch given its :func:`forward_outputs` (MMCL kinds use both
+    towers, SL the image one); over ranks, features are gathered with gradients."""
+    r, w = dist_info.rank, dist_info.world_size
+    if kind == "mmcl":
+        img, txt, scale = per["image_features"], per["text_features"], shared["logit_scale"]
         if loss_name == "clip":
             return losses.clip_loss_distributed(img, txt, scale, normalize=False, rank=r,
                                                 world_size=w)
@@ -152,22 +165,105 @@ def compute_loss(model: nn.Module, kind: str, loss_name: str, images: torch.Tens
             return losses.intra_class_ablation_loss(img, txt, scale, labels, normalize=False,
                                                     rank=r, world_size=w)
         if loss_name == "siglip":
-            return losses.siglip_loss(img, txt, scale, out["logit_bias"], normalize=False,
+            return losses.siglip_loss(img, txt, scale, shared["logit_bias"], normalize=False,
                                       rank=r, world_size=w)
         raise UserError(f"unknown MMCL loss {loss_name!r} ({', '.join(MMCL_LOSSES)})")
-    feats, logits = model(images)
+    feats, logits = per["features"], per["logits"]
     if loss_name == "ce":
         if bool((labels < 0).all()):
             return logits.sum() * 0.0
         return F.cross_entropy(logits, labels, ignore_index=-1)
     if loss_name == "supcon":
-        # SupCon trains the tower; the linear head is fitted alongside on detached features
-        head = _unwrap(model).head
-        ce = F.cross_entropy(head(feats.detach()), labels, ignore_index=-1) \
+        ce = F.cross_entropy(per["head_logits"], labels, ignore_index=-1) \
             if bool((labels >= 0).any()) else logits.sum() * 0.0
         return losses.supcon_loss(feats, labels, settings.supcon_temperature, rank=r,
                                   world_size=w) + ce + 0.0 * logits.sum()
     raise UserError(f"unknown SL loss {loss_name!r} ({', '.join(SL_LOSSES)})")
+
+
+def compute_loss(model: nn.Module, kind: str, loss_name: str, images: torch.Tensor,
+                 texts: torch.Tensor | None, labels: torch.Tensor, dist_info: DistInfo,
+                 settings: TrainSettings) -> torch.Tensor:
+    """The loss of one batch for a method (forward and loss)."""
+    per, shared = forward_outputs(model, kind, loss_name, images, texts)
+    return loss_from_outputs(kind, loss_name, per, shared, labels, dist_info, settings)
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch's tensors on the training device (``texts`` None for SL)."""
+
+    images: torch.Tensor
+    texts: torch.Tensor | None
+    labels: torch.Tensor
+
+    @classmethod
+    def from_batch(cls, batch: Batch, device: torch.device) -> MicroBatch:
+        labels = torch.tensor(batch.labels, dtype=torch.long).to(device, non_blocking=True)
+        return cls(batch.images(device), batch.texts(device), labels)
+
+
+def accumulate_gradients(model: nn.Module, kind: str, loss_name: str,
+                         micro: Sequence[MicroBatch], dist_info: DistInfo,
+                         settings: TrainSettings, *, amp: bool = False) -> float:
+    """Backpropagate the loss of the batch made of all ``micro``-batches; return its value.
+
+    One micro-batch: forward, loss, backward. Several (OpenCLIP's ``accum_freq``): the
+    per-sample outputs of every micro-batch are first computed without gradients and cached;
+    then each micro-batch is forwarded again with gradients and the loss is computed on the
+    concatenation of its live outputs with the others' cached ones, so the negatives of a
+    contrastive loss span the whole accumulated batch. Summed over the micro-batches these
+    backward passes give the gradient of the accumulated batch's loss, as one forward of the
+    whole batch would (tested). Unlike OpenCLIP, the shared temperature and bias take their
+    gradient in the last pass only (OpenCLIP adds it in every pass, so k times). Under DDP only
+    the last pass synchronises gradients.
+    """
+    d = dist_info
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+
+    if len(micro) == 1:
+        with autocast():
+            loss = compute_loss(model, kind, loss_name, micro[0].images, micro[0].texts,
+                                micro[0].labels, d, settings)
+        loss.backward()
+        return float(loss.detach())
+    with torch.no_grad(), autocast():
+        cached = [forward_outputs(model, kind, loss_name, mb.images, mb.texts)[0] for mb in micro]
+    labels = torch.cat([mb.labels for mb in micro])
+    value = 0.0
+    for j, mb in enumerate(micro):
+        last = j == len(micro) - 1
+        with contextlib.nullcontext() if last or d.world_size == 1 else model.no_sync():
+            with autocast():
+                per, shared = forward_outputs(model, kind, loss_name, mb.images, mb.texts)
+                if not last:
+                    shared = {k: v.detach() for k, v in shared.items()}
+                joined = {k: torch.cat([c[k] for c in cached[:j]] + [v]
+                                       + [c[k] for c in cached[j + 1:]]) for k, v in per.items()}
+                loss = loss_from_outputs(kind, loss_name, joined, shared, labels, d, settings)
+            loss.backward()
+        value = float(loss.detach())
+    return value
+
+
+def optimizer_step(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, kind: str,
+                   loss_name: str, micro: Sequence[MicroBatch], step: int,
+                   settings: TrainSettings, dist_info: DistInfo, *, amp: bool = False) -> float:
+    """One optimizer step (0-based ``step``) on the batch made of ``micro``: learning rate,
+    accumulated gradients, clipping, AdamW, the temperature clamp; returns the batch's loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, settings)
+    opt.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(ddp_model, kind, loss_name, micro, dist_info, settings, amp=amp)
+    if settings.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    opt.step()
+    if hasattr(model, "logit_scale"):
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    return loss
 
 
 # --------------------------------------------------------------------------- training
@@ -180,6 +276,29 @@ class TrainResult:
     skips: dict[str, int]
     samples_per_s: float
     losses: list[float]
+
+
+@functools.cache
+def tensorboard_writer_class() -> type | None:
+    """TensorBoard's ``SummaryWriter``, or None (with one warning per process) when the
+    ``tensorboard`` package is not installed; any other failure propagates."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        log.warning("tensorboard is unavailable (%s): training goes on without tensorboard logs",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    return SummaryWriter
+
+
+@dataclass
+class Position:
+    """Where a method's training stands: optimizer steps done, epoch and this rank's stream
+    position within it."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0
 
 
 def _all_cursors(cursor: int, d: DistInfo) -> list[int]:
@@ -206,6 +325,151 @@ def _check_resume(state: dict, path: Path, method: str, identity: str | None) ->
                         f"run {identity}); set train.resume=null to start afresh, or use --force")
 
 
+def checkpoint_path(run: RunDir, method: str) -> Path:
+    """A method's checkpoint in ``run``: ``<run>/checkpoints/<method>/last.pt``."""
+    return run.checkpoint_dir / method / "last.pt"
+
+
+def resume_training(run: RunDir, method: str, resume: str | None, model: nn.Module,
+                    opt: torch.optim.Optimizer, stream: PairStream, d: DistInfo,
+                    identity: str | None) -> Position:
+    """Restore model, optimizer and skip counts from the checkpoint ``resume`` names (None,
+    ``"latest"``: this method's in ``run`` if any, or a path) and return where to go on from;
+    without one, the start."""
+    path = None
+    if resume == "latest":
+        path = checkpoint_path(run, method) if checkpoint_path(run, method).is_file() else None
+    elif resume:
+        path = Path(resume)
+        if not path.is_file():
+            raise UserError(f"resume: checkpoint {resume} not found")
+    if path is None:
+        return Position()
+    state = load_checkpoint(path, map_location=d.device)
+    _check_resume(state, path, method, identity)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else repr(exc)
+        raise UserError(f"resume: checkpoint {path} does not fit this model ({first})") from None
+    cursors = [int(c) for c in state["cursors"]]
+    if len(cursors) != d.world_size:
+        raise UserError(f"resume: checkpoint {path} was written by {len(cursors)} processes, "
+                        f"this run has {d.world_size}")
+    stream.skips.load(state.get("skips", {}))
+    pos = Position(int(state["step"]), int(state["epoch"]), cursors[d.rank])
+    if d.is_main:
+        run.log_metrics({"event": "resume", "method": method, "step": pos.step})
+        log.info("resumed %s from %s at step %d", method, path, pos.step)
+    return pos
+
+
+def save_training(run: RunDir, method: str, model: nn.Module, opt: torch.optim.Optimizer,
+                  pos: Position, stream: PairStream, d: DistInfo, identity: str | None) -> None:
+    """Write the method's checkpoint atomically (model, optimizer, step, epoch, every rank's
+    stream position, skip counts, method, config identity); all ranks take part."""
+    cursors = _all_cursors(pos.cursor, d)
+    if d.is_main:
+        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "step": pos.step, "epoch": pos.epoch, "cursors": cursors,
+                         "skips": stream.skips.state(), "method": method, "identity": identity},
+                        checkpoint_path(run, method))
+    if d.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _BatchFeed:
+    """This rank's batches in stream order from ``pos`` on, across epochs; ``pos.epoch`` and
+    ``pos.cursor`` follow the batches handed out."""
+
+    def __init__(self, stream: PairStream, per_rank: int, pos: Position, pool: WorkerPool,
+                 method: str) -> None:
+        self.stream, self.per_rank, self.pos, self.pool, self.method = \
+            stream, per_rank, pos, pool, method
+        self._it = iter_batches(stream, per_rank, pos.epoch, pos.cursor, pool=pool)
+
+    def next(self) -> Batch:
+        empty_epochs = 0
+        while True:
+            batch = next(self._it, None)
+            if batch is not None:
+                self.pos.cursor = batch.positions[-1] + 1
+                return batch
+            self.pos.epoch, self.pos.cursor = self.pos.epoch + 1, 0
+            empty_epochs += 1
+            if empty_epochs > 1:
+                raise UserError(
+                    f"{self.method}: the data yields fewer than {self.per_rank} usable samples per "
+                    f"process (skipped: {self.stream.skips.as_dict()})")
+            self._it.close()
+            self._it = iter_batches(self.stream, self.per_rank, self.pos.epoch, 0, pool=self.pool)
+
+    def close(self) -> None:
+        self._it.close()
+
+
+class _Reporter:
+    """The main process's progress: ``train`` records every ``log_every`` steps (and at the
+    last), tensorboard scalars with them, and a tqdm bar."""
+
+    def __init__(self, run: RunDir, method: str, settings: TrainSettings, start: int,
+                 d: DistInfo, progress: bool) -> None:
+        self.run, self.method, self.settings, self.main = run, method, settings, d.is_main
+        self.writer = None
+        self.bar = None
+        if not self.main:
+            return
+        summary_writer = tensorboard_writer_class()
+        if summary_writer is not None:
+            self.writer = summary_writer(str(run.path / "tb" / method))
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=settings.steps, initial=start, desc=f"train {method}",
+                            unit="step")
+
+    def update(self, pos: Position, loss: float, rate: float, stream: PairStream) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}")
+        s, step = self.settings, pos.step
+        if self.main and (step % s.log_every == 0 or step == s.steps):
+            self.run.log_metrics({"event": "train", "method": self.method, "step": step,
+                                  "loss": loss, "lr": lr_at(step - 1, s), "epoch": pos.epoch,
+                                  "samples_per_s": rate, "skipped": stream.skips.as_dict()})
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss, step)
+                self.writer.add_scalar("train/samples_per_s", rate, step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _wrap(model: nn.Module, kind: str, settings: TrainSettings, d: DistInfo
+          ) -> tuple[nn.Module, int]:
+    """Check the batch against the processes, move the model to the device, wrap it in DDP
+    when there are several; return the model to call and the per-process micro-batch."""
+    if settings.batch_size % d.world_size:
+        raise UserError(f"train.batch_size {settings.batch_size} is not divisible by the "
+                        f"{d.world_size} processes")
+    per_rank = settings.batch_size // d.world_size
+    if kind == "mmcl" and per_rank * d.world_size * settings.accum_steps < 2:
+        raise UserError("train.batch_size x train.accum_steps must be >= 2 for a contrastive "
+                        "loss")
+    model.to(d.device)
+    if d.world_size == 1:
+        return model, per_rank
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+        find_unused_parameters=kind == "sl"), per_rank
+
+
 def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
           tokenizer: Callable[[list[str]], torch.Tensor] | None, settings: TrainSettings,
           run: RunDir, method: str, *, dist_info: DistInfo | None = None,
@@ -220,153 +484,36 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
     job).
     """
     d = dist_info or DistInfo()
-    if settings.batch_size % d.world_size:
-        raise UserError(f"train.batch_size {settings.batch_size} is not divisible by the "
-                        f"{d.world_size} processes")
-    per_rank = settings.batch_size // d.world_size
-    if kind == "mmcl" and per_rank * d.world_size < 2:
-        raise UserError("train.batch_size must be >= 2 for a contrastive loss")
-    model.to(d.device)
-    ddp_model: nn.Module = model
-    if d.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            find_unused_parameters=kind == "sl")
+    ddp_model, per_rank = _wrap(model, kind, settings, d)
     opt = make_optimizer(model, settings)
     amp = settings.precision == "amp" and d.device.type == "cuda"
-
-    ckpt_name = f"{method}/last.pt"
-    step, epoch, cursor = 0, 0, 0
-    ckpt_path = None
-    if resume == "latest":
-        cand = run.checkpoint_dir / ckpt_name
-        ckpt_path = cand if cand.is_file() else None
-    elif resume:
-        ckpt_path = Path(resume)
-        if not ckpt_path.is_file():
-            raise UserError(f"resume: checkpoint {resume} not found")
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, map_location=d.device)
-        _check_resume(state, ckpt_path, method, identity)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else repr(exc)
-            raise UserError(f"resume: checkpoint {ckpt_path} does not fit this model "
-                            f"({first})") from None
-        step, epoch = int(state["step"]), int(state["epoch"])
-        if d.is_main:
-            run.log_metrics({"event": "resume", "method": method, "step": step})
-        cursors = [int(c) for c in state["cursors"]]
-        if len(cursors) != d.world_size:
-            raise UserError(f"resume: checkpoint {ckpt_path} was written by {len(cursors)} "
-                            f"processes, this run has {d.world_size}")
-        cursor = cursors[d.rank]
-        stream.skips.load(state.get("skips", {}))
-        if d.is_main:
-            log.info("resumed %s from %s at step %d", method, ckpt_path, step)
-
-    writer = None
-    if d.is_main:
-        with contextlib.suppress(Exception):
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run.path / "tb" / method))
-    bar = None
-    if progress and d.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.steps, initial=step, desc=f"train {method}", unit="step")
-
-    text_tok = tokenizer if kind == "mmcl" else None
+    pos = resume_training(run, method, resume, model, opt, stream, d, identity)
+    reporter = _Reporter(run, method, settings, pos.step, d, progress)
     # ``settings.workers`` processes decode (pinned on GPU), started once for all the epochs
     pool = batch_pool(stream, workers=settings.workers, prefetch=settings.prefetch,
-                      pin_memory=d.device.type == "cuda", tokenizer=text_tok)
+                      pin_memory=d.device.type == "cuda",
+                      tokenizer=tokenizer if kind == "mmcl" else None)
+    losses_seen: list[float] = []
+    t0, seen = time.perf_counter(), 0
     try:
-        it = iter_batches(stream, per_rank, epoch, cursor, pool=pool)
-        losses_seen: list[float] = []
-        t0, seen = time.perf_counter(), 0
-        steps_this_call = 0
-        empty_epochs = 0
-
-        def next_batch() -> Batch:
-            nonlocal it, epoch, cursor, empty_epochs
-            while True:
-                b = next(it, None)
-                if b is not None:
-                    empty_epochs = 0
-                    return b
-                epoch, cursor = epoch + 1, 0
-                empty_epochs += 1
-                if empty_epochs > 1:
-                    raise UserError(
-                        f"{method}: the data yields fewer than {per_rank} usable samples per process "
-                        f"(skipped: {stream.skips.as_dict()})")
-                it.close()
-                it = iter_batches(stream, per_rank, epoch, 0, pool=pool)
-
+        feed = _BatchFeed(stream, per_rank, pos, pool, method)
         ddp_model.train()
-        while step < settings.steps:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, settings)
-            opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for micro in range(settings.accum_steps):
-                batch = next_batch()
-                images = batch.images(d.device)
-                labels = torch.tensor(batch.labels, dtype=torch.long).to(d.device, non_blocking=True)
-                texts = batch.texts(d.device)
-                sync = micro == settings.accum_steps - 1 or d.world_size == 1
-                ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
-                with ctx:
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                        loss = compute_loss(ddp_model, kind, loss_name, images, texts, labels, d,
-                                            settings)
-                    (loss / settings.accum_steps).backward()
-                total += float(loss.detach()) / settings.accum_steps
-                cursor = batch.positions[-1] + 1
-                seen += len(batch) * d.world_size
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
-            if hasattr(model, "logit_scale"):
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            steps_this_call += 1
-            losses_seen.append(total)
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total:.4f}", samples_s=f"{rate:.1f}")
-            if d.is_main and (step % settings.log_every == 0 or step == settings.steps):
-                run.log_metrics({"event": "train", "method": method, "step": step, "loss": total,
-                                 "lr": lr_at(step - 1, settings), "epoch": epoch,
-                                 "samples_per_s": rate, "skipped": stream.skips.as_dict()})
-                if writer is not None:
-                    writer.add_scalar("train/loss", total, step)
-                    writer.add_scalar("train/samples_per_s", rate, step)
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                cursors = _all_cursors(cursor, d)
-                if d.is_main:
-                    save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "step": step, "epoch": epoch, "cursors": cursors,
-                                     "skips": stream.skips.state(), "method": method,
-                                     "identity": identity},
-                                    run.checkpoint_dir / ckpt_name)
-                if d.world_size > 1:
-                    import torch.distributed as dist
-
-                    dist.barrier()
-            if stop_after is not None and steps_this_call >= stop_after:
+        while pos.step < settings.steps:
+            micro = [MicroBatch.from_batch(feed.next(), d.device)
+                     for _ in range(settings.accum_steps)]
+            loss = optimizer_step(model, ddp_model, opt, kind, loss_name, micro, pos.step,
+                                  settings, d, amp=amp)
+            pos.step += 1
+            seen += sum(len(mb.labels) for mb in micro) * d.world_size
+            losses_seen.append(loss)
+            reporter.update(pos, loss, seen / max(time.perf_counter() - t0, 1e-9), stream)
+            if pos.step % settings.checkpoint_every == 0 or pos.step == settings.steps:
+                save_training(run, method, model, opt, pos, stream, d, identity)
+            if stop_after is not None and len(losses_seen) >= stop_after:
                 break
-        it.close()
+        feed.close()
     finally:
         pool.close()  # stops the loader's workers
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-    return TrainResult(model, step, stream.skips.as_dict(),
+        reporter.close()
+    return TrainResult(model, pos.step, stream.skips.as_dict(),
                        seen / max(time.perf_counter() - t0, 1e-9), losses_seen)
