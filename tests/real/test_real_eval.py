@@ -12,10 +12,11 @@ from PIL import Image
 
 from mmclshift.analysis.collect import collect
 from mmclshift.cli import main
+from mmclshift.errors import DataError
 from mmclshift.evaluate.zeroshot import Scorer, evaluate, resolve_eval_set
 from mmclshift.experiments.real import config_from_dict, run_experiment
 from mmclshift.models.clip_models import register_model_configs
-from mmclshift.runs import eval_records
+from mmclshift.runs import eval_records, is_done, read_metrics
 from tests.real.test_real_zeroshot import COLORS, NAMES, WNIDS, ColorModel, preprocess, tokenizer
 
 CB_KEYS = {"dataset", "model", "pretrained", "task", "metrics"}
@@ -172,3 +173,42 @@ def test_mean_per_class_recall_hand_computed(tmp_path):
                    ev, preprocess)
     assert rec["accuracy"] == pytest.approx(6 / 9)
     assert rec["mean_per_class_recall"] == pytest.approx((1 + 0.25 + 1) / 3)
+
+
+def _unreadable_test_set(fx, root):
+    """A 3-class test set whose 6 images are all undecodable bytes (named .jpg)."""
+    for wnid in fx["subset"].read_text().split():
+        (root / wnid).mkdir(parents=True)
+        for i in range(2):
+            (root / wnid / f"{i}.jpg").write_bytes(b"not a jpeg")
+    return {"name": "broken", "root": str(root), "protocol": "imagenet",
+            "subset": str(fx["subset"])}
+
+
+def test_eval_with_no_readable_image_is_an_error_not_a_done_run(fx, trained, tmp_path, capsys):
+    """`mmclshift eval` on a test set none of whose images decode: one line naming the test set
+    and why, exit status 2, and the run directory is not marked done (no NaN accuracy record)."""
+    data = tmp_path / "broken.yaml"
+    data.write_text(json.dumps({"sets": [_unreadable_test_set(fx, tmp_path / "broken")],
+                                "templates": "simple"}))
+    out = tmp_path / "ev"
+    _one_line(*_cli(capsys, trained, "--data", data, "--out", out)[::2],
+              "test set 'broken'", "none of its 6 images could be read", "6 corrupt image")
+    assert out.is_dir() and not is_done(out)
+    assert not [r for r in read_metrics(out) if r["event"] == "eval"]
+
+
+def test_training_whose_final_evaluation_reads_no_image_is_not_done(fx, tmp_path):
+    cfg = config_from_dict({
+        "name": "e2e", "seed": 0,
+        "data": {"format": "coco", "path": str(fx["coco"]), "vocab": str(fx["vocab"]),
+                 "workers": 0},
+        "methods": [{"name": "clip", "kind": "mmcl", "loss": "clip"}],
+        "model": {"name": "mmcl-tiny"},
+        "train": {"steps": 1, "batch_size": 8, "precision": "fp32", "lr": 1e-3},
+        "eval": {"sets": [_unreadable_test_set(fx, tmp_path / "broken")], "templates": "simple"},
+    })
+    with pytest.raises(DataError, match=r"test set 'broken' \(imagenet\): none of its 6 images"):
+        run_experiment(cfg, str(tmp_path / "run"), progress=False)
+    assert not is_done(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "clip" / "last.pt").is_file()  # training kept

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mmclshift.data.loader import iter_image_batches
+from mmclshift.errors import DataError
 from mmclshift.evaluate.testsets import EvalSet, with_border_crop
 from mmclshift.evaluate.text_head import SIMPLE_TEMPLATES, TextHeadCache
 
@@ -127,12 +128,21 @@ def topk_correct(glog: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[
     return int(hit1.sum()), int(hitk.sum())
 
 
+def no_images_scored(ev: EvalSet, skipped: Counter) -> str:
+    """The message for a test set of which no image could be scored: its name and why."""
+    why = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(skipped.items()))
+    first = ev.samples[0][0] if ev.samples else "(no images)"
+    return (f"test set {ev.name!r} ({ev.protocol}): none of its {len(ev.samples)} images could "
+            f"be read ({why or 'none decoded'}), e.g. {first}")
+
+
 @torch.no_grad()
 def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tensor], *,
              device: torch.device | str = "cpu", batch_size: int = 256, progress: bool = False,
              workers: int = 0, prefetch: int = 2) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``scorer`` on ``ev``; unreadable images are skipped and counted.
-    Images are decoded in ``workers`` DataLoader processes (0: in this one).
+    Images are decoded in ``workers`` DataLoader processes (0: in this one). A test set none of
+    whose images can be read is a one-line :class:`DataError`, not an accuracy of NaN.
 
     ``mean_per_class_recall``: the mean over the classes with test images of each class's top-1
     recall (CLIP_benchmark's metric of that name, sklearn's ``balanced_accuracy_score``)."""
@@ -168,12 +178,13 @@ def evaluate(scorer: Scorer, ev: EvalSet, preprocess: Callable[[Any], torch.Tens
         class_hit += torch.bincount(target[hit1].cpu(), minlength=len(ev.groups))
     if was_training:
         scorer.model.train()
+    if not n:
+        raise DataError(no_images_scored(ev, skipped))
     return {
         "event": "eval", "split": ev.name, "protocol": ev.protocol, "head": ev.head,
         "border": ev.border,
-        "accuracy": correct1 / n if n else float("nan"), "top5": correct5 / n if n else float("nan"),
-        "mean_per_class_recall": (float((class_hit[class_n > 0].double() / class_n[class_n > 0]).mean())
-                                  if n else float("nan")),
+        "accuracy": correct1 / n, "top5": correct5 / n,
+        "mean_per_class_recall": float((class_hit[class_n > 0].double() / class_n[class_n > 0]).mean()),
         "n": n, "correct": correct1, "correct_top5": correct5, "n_classes": len(ev.groups),
         "expected_n": ev.expected_size, "excluded": ev.excluded, "skipped": dict(skipped),
         "classes_missing_from_model": missing, "warnings": list(ev.warnings), "theory": None,
