@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from mmclshift.config import ConfigError, from_dict, param, read_yaml
 from mmclshift.errors import DataError, UserError
+from mmclshift.evaluate.openclip_log import quiet_open_clip
 from mmclshift.experiments.real import (
     KIND,
     EvalConfig,
@@ -217,11 +217,10 @@ def _load_openclip(arch: str, path: Path, image_size: int | None, method: str
     register_model_configs()
     if arch not in open_clip.list_models():
         raise UserError(f"--model {arch!r}: unknown OpenCLIP architecture (e.g. RN50, ViT-B-32)")
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(max(level, logging.ERROR))
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=str(path), force_image_size=image_size, output_dict=True)
+        with quiet_open_clip():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=str(path), force_image_size=image_size, output_dict=True)
     except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
         # open_clip's position-embedding resizing asserts on widths that differ
         why = _first_line(exc)
@@ -230,8 +229,6 @@ def _load_openclip(arch: str, path: Path, image_size: int | None, method: str
         raise UserError(f"{path}: the weights do not fit OpenCLIP architecture {arch!r}"
                         + (f" at image size {image_size}" if image_size else "")
                         + f" ({why}){hint}") from None
-    finally:
-        logging.getLogger().setLevel(level)
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:  # noqa: BLE001 -- hub tokenizers fail in many ways offline

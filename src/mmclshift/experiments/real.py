@@ -13,7 +13,6 @@ under ``<run>/fixtures`` and applies the config's ``smoke`` overrides, in which 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -200,10 +199,6 @@ def smoke_config(cfg: RealExperimentConfig, out_dir: str | Path, *,
 # --------------------------------------------------------------------------- runner
 
 
-def _quiet_open_clip() -> None:
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-
-
 def build_stream(cfg: RealExperimentConfig, preprocess: Any, vocab: Any, *, rank: int = 0,
                  world_size: int = 1, require_labels: bool = False):
     """The :class:`PairStream` of ``cfg.data`` (labels from ``vocab``)."""
@@ -232,14 +227,15 @@ def train_settings(cfg: RealExperimentConfig) -> TrainSettings:
 
 def build_method(cfg: RealExperimentConfig, method: MethodConfig, n_classes: int):
     """(model, eval preprocessing, tokenizer or None) of a method, seeded by ``cfg.seed``."""
+    from mmclshift.evaluate.openclip_log import quiet_open_clip
     from mmclshift.models.clip_models import create_clip, create_sl
 
-    _quiet_open_clip()
     seed_everything(cfg.seed)
-    if method.kind == "mmcl":
-        return create_clip(cfg.model.name, siglip=method.loss == "siglip",
-                           image_size=cfg.model.image_size)
-    model, preprocess = create_sl(cfg.model.name, n_classes, image_size=cfg.model.image_size)
+    with quiet_open_clip():
+        if method.kind == "mmcl":
+            return create_clip(cfg.model.name, siglip=method.loss == "siglip",
+                               image_size=cfg.model.image_size)
+        model, preprocess = create_sl(cfg.model.name, n_classes, image_size=cfg.model.image_size)
     return model, preprocess, None
 
 
