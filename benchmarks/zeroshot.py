@@ -7,9 +7,9 @@ ImageNet class names and OpenCLIP's 7 ``simple`` templates, and count top-1/top-
 * ``open_clip`` -- ``open_clip.zero_shot_classifier.build_zero_shot_classifier`` (its default
   10 classes per text batch), then per batch ``100 * encode_image(x, normalize=True) @
   classifier`` and top-k, as ``open_clip_train.zero_shot.run`` does;
-* ``ours`` -- a fresh :class:`mmclshift.evaluate.zeroshot.TextHeadCache` (the head is built in
+* ``ours`` -- a fresh :class:`mmclshift.evaluate.text_head.TextHeadCache` (the head is built in
   every repeat, as in open_clip's arm), :func:`group_scorer` and :func:`topk_correct`, the path
-  :func:`mmclshift.evaluate.zeroshot.evaluate` takes after decoding images. Its default on a
+  :func:`mmclshift.evaluate.scoring.evaluate` takes after decoding images. Its default on a
   machine with 2+ cores tokenizes the 7,000 prompts in 2 forked processes beside the text tower
   (tokenizing, pure Python, is over half the work of this small model's head);
 * ``ours, 1 process`` -- the same with ``tokenize_workers=0`` (tokenizing in a thread of the
@@ -26,22 +26,16 @@ cores, 2 threads make the small text-tower forwards several times slower.
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import time
 
 import torch
 
-from mmclshift.evaluate.zeroshot import (
-    EvalSet,
-    Scorer,
-    TextHeadCache,
-    group_scorer,
-    imagenet_classes,
-    load_templates,
-    topk_correct,
-)
+from mmclshift.evaluate.openclip_log import quiet_open_clip
+from mmclshift.evaluate.scoring import Scorer, group_scorer, topk_correct
+from mmclshift.evaluate.testsets import EvalSet, imagenet_classes
+from mmclshift.evaluate.text_head import TextHeadCache, load_templates
 from mmclshift.models.clip_models import create_clip
 
 N_IMAGES = 1024
@@ -81,9 +75,9 @@ def ours_arm(model, tokenizer, names, images, labels, tokenize_workers=None):
 
 def main() -> None:
     torch.set_num_threads(1)
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about random weights
     torch.manual_seed(0)
-    model, _, tokenizer = create_clip("mmcl-tiny")
+    with quiet_open_clip():  # open_clip warns about random weights
+        model, _, tokenizer = create_clip("mmcl-tiny")
     model.eval()
     _, names = imagenet_classes()
     gen = torch.Generator().manual_seed(1)
