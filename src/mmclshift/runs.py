@@ -228,10 +228,19 @@ def run_identity(config: Any) -> dict[str, Any]:
     return data
 
 
-def identity_hash(config: Any) -> str:
+def identity_hash(config: Any, length: int = 16) -> str:
     """Hash of :func:`run_identity`: equal for configs that compute the same run."""
     blob = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_dir_name(config: Any, prefix: str) -> str:
+    """``<prefix>-<identity hash>``: the directory name of a run (or grid, or sweep job).
+
+    Named by :func:`identity_hash`, so a rerun that differs only in :data:`VOLATILE_KEYS`
+    (threads, device, loader workers, ...) finds, and reuses, the same directory.
+    """
+    return f"{prefix}-{identity_hash(config, 12)}"
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -23,7 +23,7 @@ from mmclshift.cli.common import add_config_args, add_force_arg, print_json_line
 from mmclshift.config import apply_overrides, build_config, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import check_run_dir, config_hash
+from mmclshift.runs import check_run_dir, run_dir_name
 
 HELP = "train MMCL and SL for a config; evaluate on ID and OOD test sets"
 
@@ -31,7 +31,7 @@ HELP = "train MMCL and SL for a config; evaluate on ID and OOD test sets"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--out", default=None,
-                        help="run directory (default: runs/<name>-<config hash>)")
+                        help="run directory (default: runs/<name>-<identity hash>)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -53,7 +53,7 @@ def smoke(cfg: Any, out: Path, overrides: list[str], *, build: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = experiments.load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{config_hash(cfg)}"
+    out = Path(args.out) if args.out else Path("runs") / run_dir_name(cfg, cfg.name)
     if args.smoke:
         small = smoke(cfg, out, args.overrides, build=False)
         # refuse (or move aside) another config's run before the fixtures are written into it

@@ -1,6 +1,6 @@
-"""Running sweeps: job directories named by config hash, resume, status, launchers.
+"""Running sweeps: job directories named by identity hash, resume, status, launchers.
 
-Each job runs in ``<out>/<kind>-<config hash>``; a job whose directory has a ``done`` marker is
+Each job runs in ``<out>/<kind>-<identity hash>``; a job whose directory has a ``done`` marker is
 skipped, so rerunning a sweep trains only what is missing; a job directory holding another
 config is refused (``force``: moved aside). A failing job leaves its traceback in ``error.txt``
 and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can

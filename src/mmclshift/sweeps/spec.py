@@ -41,7 +41,7 @@ from mmclshift.config import (
     set_by_path,
     to_dict,
 )
-from mmclshift.runs import config_hash
+from mmclshift.runs import run_dir_name
 
 SWEEP_KEYS = {"base", "overrides", "grid", "random", "name"}
 RANDOM_KEYS = {"n_samples", "sweep_seed", "axes"}
@@ -50,7 +50,7 @@ _RANGE = re.compile(r"^\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?\)\s*$")
 
 @dataclass(frozen=True)
 class Job:
-    """One expanded job: its validated config and its directory name (kind + config hash)."""
+    """One expanded job: its validated config and its directory name (kind + identity hash)."""
 
     config: Any
     name: str
@@ -150,7 +150,7 @@ def expand(sweep: Mapping[str, Any], *, source: str = "<sweep>", base_dir: Path 
             for k, v in changes.items():
                 set_by_path(data, k.split("."), v)
             cfg = build_config(data, registry, source=source)
-            name = f"{cfg.kind}-{config_hash(cfg)}"
+            name = run_dir_name(cfg, cfg.kind)
             if name not in seen:
                 seen.add(name)
                 jobs.append(Job(cfg, name))
