@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import functools
 import hashlib
 import io
@@ -66,15 +68,14 @@ import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from mmclshift.config import dump_yaml, to_dict
+from mmclshift.config import ConfigError, dump_yaml, load_yaml_text, to_dict
 from mmclshift.errors import DataError, UserError
 
 CONFIG_FILE = "config.yaml"
@@ -85,6 +86,19 @@ ERROR_FILE = "error.txt"
 CHECKPOINT_DIR = "checkpoints"
 IDENTITY_FILE = "identity.json"
 RUNNING_FILE = "running.json"
+LOCK_FILE = "lock"
+#: what a run directory may hold besides earlier metrics (``metrics.jsonl.<n>``): a folder
+#: holding none of these is not a run, and a run is never started in it unless it is empty
+RUN_ENTRIES = frozenset({CONFIG_FILE, ENV_FILE, METRICS_FILE, DONE_FILE, ERROR_FILE, CHECKPOINT_DIR,
+                         IDENTITY_FILE, RUNNING_FILE, LOCK_FILE, "fixtures"})
+
+
+class RunBusyError(UserError):
+    """A run directory that another live process is writing (it holds the run's lock)."""
+
+
+class DamagedRunError(DataError):
+    """A finished run (``done``) whose config or metrics cannot be read back."""
 
 #: config keys that change only where or how visibly a run executes, not what it computes
 VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume", "data.workers",
@@ -103,8 +117,9 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool | None = No
     if fsync is None:
         fsync = _DEFERRED is None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming_path(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the usual permissions (0666 minus the umask)
         umask = os.umask(0)
@@ -116,10 +131,30 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool | None = No
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _with_path(exc, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _with_path(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` (a disk-full or permission error on a write names no file)."""
+    if exc.filename is not None and not str(exc.filename).endswith(".tmp"):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno or 0), str(path))
+
+
+@contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block so that its message names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise _with_path(exc, path) from None
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool | None = None) -> None:
@@ -324,6 +359,7 @@ class RunDir:
         if check_run_dir(run.path, config, force=force) == "done":
             move_aside(run.path)
         make_run_dir(run.path)
+        acquire_run_lock(run.path)  # held until mark_done / mark_failed (or this process ends)
         with contextlib.suppress(FileNotFoundError):
             (run.path / ERROR_FILE).unlink()  # a previous failure's traceback; this is a new try
         metrics = run.path / METRICS_FILE
@@ -349,7 +385,8 @@ class RunDir:
     def log_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (flushed to the OS; fsynced by :meth:`mark_done`)."""
         line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
-        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+        with naming_path(self.path / METRICS_FILE), \
+                open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
             fh.write(line)
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -376,12 +413,15 @@ class RunDir:
 
     def mark_failed(self, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        atomic_write_text(self.path / ERROR_FILE, text)
-        self._clear_running()
+        try:
+            atomic_write_text(self.path / ERROR_FILE, text)
+        finally:
+            self._clear_running()
 
     def _clear_running(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.path / RUNNING_FILE).unlink()
+        release_run_lock(self.path)
 
     @property
     def done(self) -> bool:
@@ -402,7 +442,8 @@ def is_done(path: str | Path) -> bool:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored.
+    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored, except in
+    a finished run (``done``), where it is damage.
 
     ``train`` records superseded by a later ``resume`` marker are dropped (see the module
     docstring); any other line that is not a JSON object raises :class:`DataError` naming the
@@ -415,6 +456,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{file}: unreadable ({exc.strerror or exc})") from None
     records: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -422,8 +465,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
+            if i == len(lines) - 1 and not is_done(path):
+                break  # killed mid-write; in a finished run the same is damage
             raise DataError(f"{file}:{i + 1}: not a JSON line") from None
         if not isinstance(rec, dict):
             raise DataError(f"{file}:{i + 1}: not a JSON object")
@@ -483,14 +526,64 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def stored_identity(path: str | Path) -> dict[str, Any] | None:
     """The identity of the config stored in run directory ``path`` (None: no config.yaml)."""
     file = Path(path) / CONFIG_FILE
+    if not file.exists():
+        return None
+    return run_identity(read_run_config(path))
+
+
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """The config stored in run directory ``path``; :class:`DamagedRunError` if unreadable."""
+    file = Path(path) / CONFIG_FILE
     if not file.is_file():
+        raise DamagedRunError(f"{file}: {'not a file' if file.exists() else 'missing'}")
+    try:
+        data = load_yaml_text(file.read_bytes(), str(file))
+    except ConfigError as exc:
+        raise DamagedRunError(str(exc)) from None
+    except OSError as exc:
+        raise DamagedRunError(f"{file}: unreadable ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise DamagedRunError(f"{file}: not a mapping of config keys")
+    return data
+
+
+def read_finished_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(config, metrics records) of finished run ``path``, read and checked whole.
+
+    A finished run whose config.yaml or metrics.jsonl is missing, empty, not a file or not
+    readable, whose metrics have a torn or garbage line or no eval record, or whose env.json is
+    not JSON, raises :class:`DamagedRunError` naming the file and what is wrong.
+    """
+    path = Path(path)
+    cfg = read_run_config(path)
+    file = path / METRICS_FILE
+    if not file.is_file():
+        raise DamagedRunError(f"{file}: {'not a file' if file.exists() else 'missing'}")
+    try:
+        records = read_metrics(path)
+    except DataError as exc:
+        raise DamagedRunError(str(exc)) from None
+    if not any(r.get("event") == "eval" for r in records):
+        raise DamagedRunError(f"{file}: no eval record")
+    env = path / ENV_FILE
+    if env.exists():
+        try:
+            json.loads(env.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DamagedRunError(f"{env}: unreadable ({_first_line(exc)})") from None
+    return cfg, records
+
+
+def run_damage(path: str | Path) -> str | None:
+    """Why finished run ``path`` is damaged (see :func:`read_finished_run`); None if it is whole
+    or not finished."""
+    if not is_done(path):
         return None
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: unreadable run config ({_first_line(exc)}); move the run "
-                        "directory aside or choose another output folder") from None
-    return run_identity(data if isinstance(data, dict) else {})
+        read_finished_run(path)
+    except DamagedRunError as exc:
+        return str(exc)
+    return None
 
 
 def check_output_path(path: str | Path, what: str = "output directory", *,
@@ -524,11 +617,33 @@ def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
     """What ``path`` holds for ``config``: "new", "partial" or "done"; see the module docstring.
 
     Another config's run is refused with a :class:`UserError` naming the differing keys, or,
-    with ``force``, renamed aside (then "new"). Nothing is written otherwise.
+    with ``force``, renamed aside (then "new"); so is a damaged finished run (config or metrics
+    unreadable: :func:`read_finished_run`). A run another live process is writing is refused
+    (:class:`RunBusyError`, also with ``force``), and so is an existing folder that is neither
+    empty nor a run. Nothing is written otherwise.
     """
     path = check_output_path(path, "run directory")
-    old = stored_identity(path)
+    refuse_busy(path)
+    if is_done(path):
+        try:
+            old = run_identity(read_finished_run(path)[0])
+        except DamagedRunError as exc:
+            if force:
+                move_aside(path)
+                return "new"
+            raise DamagedRunError(f"{path}: finished run is damaged ({exc}); rerun with --force to "
+                                  "move it aside, or choose another output directory") from None
+    else:
+        try:
+            old = stored_identity(path)
+        except DamagedRunError as exc:
+            if force:
+                move_aside(path)
+                return "new"
+            raise DamagedRunError(f"{path}: unreadable run config ({exc}); rerun with --force to "
+                                  "move the run aside, or choose another output directory") from None
     if old is None:
+        refuse_foreign_folder(path, RUN_ENTRIES, "run directory")
         return "new"
     new = run_identity(config)
     if old == new:
@@ -571,6 +686,117 @@ def _drop_partial_last_line(file: Path) -> None:
         atomic_write_bytes(file, data[: data.rfind(b"\n") + 1])
 
 
+# --------------------------------------------------------------------------- one writer per run
+
+# run directories whose lock this process holds: resolved path -> open file descriptor
+_HELD: dict[str, int] = {}
+
+
+def _lock_key(path: str | Path) -> str:
+    return os.path.realpath(path)
+
+
+def acquire_run_lock(path: str | Path, *, wait: float = 1.0) -> None:
+    """Take run directory ``path``'s lock (``flock`` on its ``lock`` file) for this process.
+
+    Held until :func:`release_run_lock` (``mark_done`` / ``mark_failed``) or until the process
+    ends, when the kernel drops it: a lock left by a killed process is simply taken over. Another
+    live holder makes this raise :class:`RunBusyError` naming it (after ``wait`` seconds of
+    retries, which only outlast a momentary probe by :func:`lock_owner`). Re-entrant within a
+    process.
+    """
+    key = _lock_key(path)
+    if key in _HELD:
+        return
+    file = Path(path) / LOCK_FILE
+    with naming_path(file):
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise _with_path(exc, file) from None
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RunBusyError(busy_message(path, _read_marker(path))) from None
+            time.sleep(0.05)
+    _HELD[key] = fd
+
+
+def release_run_lock(path: str | Path) -> None:
+    """Drop this process's lock on ``path`` (no-op if it holds none)."""
+    fd = _HELD.pop(_lock_key(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def lock_owner(path: str | Path) -> dict[str, Any] | None:
+    """The marker (``running.json``: pid, host, start; ``{}`` if not written yet) of the other
+    live process holding ``path``'s lock, or None when no other process holds it."""
+    if _lock_key(path) in _HELD:
+        return None
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no writer since runs were locked
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _read_marker(path)
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _read_marker(path: str | Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((Path(path) / RUNNING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def busy_message(path: str | Path, marker: Mapping[str, Any]) -> str:
+    who = "another process"
+    if marker.get("pid"):
+        who = f"process {marker['pid']} on {marker.get('host', '?')}"
+        if isinstance(marker.get("started"), int | float):
+            when = _dt.datetime.fromtimestamp(marker["started"], _dt.UTC)
+            who += f" (since {when.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
+    return (f"{path}: run directory is being written by {who}; wait for it to finish, or choose "
+            "another output directory")
+
+
+def refuse_busy(path: str | Path) -> None:
+    """:class:`RunBusyError` naming the owner if another live process is writing run ``path``."""
+    owner = lock_owner(path)
+    if owner is not None:
+        raise RunBusyError(busy_message(path, owner))
+
+
+def refuse_foreign_folder(path: str | Path, known: Iterable[str], what: str) -> None:
+    """Refuse an existing folder that is not empty and holds none of the ``known`` entries (a
+    user's folder is never written into, nor later moved aside by ``--force``)."""
+    path = Path(path)
+    try:
+        entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    known = set(known)
+    if not entries or any(e in known or e.split(".replaced-")[0] in known
+                          or e.startswith(f"{METRICS_FILE}.") for e in entries):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise UserError(f"{path}: exists and is not a {what} (holds {shown}); choose a new or empty "
+                    "folder")
+
+
 # --------------------------------------------------------------------------- liveness
 
 
@@ -597,7 +823,9 @@ def _process_marker() -> dict[str, Any]:
 def run_state(path: str | Path) -> str:
     """done, failed, running, killed (started, not finished, its process gone) or missing.
 
-    A run on another host whose process cannot be checked from here counts as running.
+    Running: another live process holds the run's lock. Runs without a lock file (written before
+    runs were locked) are judged by the pid in running.json; one on another host whose process
+    cannot be checked from here counts as running.
     """
     path = Path(path)
     if is_done(path):
@@ -606,12 +834,16 @@ def run_state(path: str | Path) -> str:
         return "failed"
     if not path.is_dir():
         return "missing"
+    if _lock_key(path) in _HELD or lock_owner(path) is not None:
+        return "running"
     try:
         marker = json.loads((path / RUNNING_FILE).read_text())
     except (OSError, ValueError):
         return "killed"
     if marker.get("host") != socket.gethostname():
         return "running"
+    if (path / LOCK_FILE).exists():
+        return "killed"  # a locked run on this host whose lock is free: its writer is gone
     pid = int(marker.get("pid", 0))
     try:
         os.kill(pid, 0)

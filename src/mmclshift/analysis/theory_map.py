@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmclshift.config import replace, to_dict
+from mmclshift.config import limit, limit_error, replace, to_dict
 from mmclshift.errors import UserError
 
 Row = dict[str, Any]
@@ -36,7 +36,20 @@ def parse_axis(text: str) -> tuple[str, list[float]]:
         raise UserError(f"axis {text!r}: start and stop must be numbers and count an integer") from None
     if n < 1:
         raise UserError(f"axis {text!r}: count must be at least 1")
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise UserError(f"axis {text!r}: start and stop must be finite numbers")
+    if n > limit("map_points"):
+        raise limit_error("map_points", f"axis {text!r}: {n:,} values")
     return key, [float(v) for v in np.linspace(a, b, n)]
+
+
+def check_grid(xkey: str, xs: list[float], ykey: str, ys: list[float]) -> None:
+    """Refuse, before any work, a map over one key twice or with more points than the limit."""
+    if xkey == ykey:
+        raise UserError(f"both axes are {xkey!r}: choose two different config keys")
+    points = len(xs) * len(ys)
+    if points > limit("map_points"):
+        raise limit_error("map_points", f"theory-map: {len(xs):,} x {len(ys):,} = {points:,} grid points")
 
 
 def _lookup(data: dict, key: str) -> Any:
@@ -50,10 +63,19 @@ def _lookup(data: dict, key: str) -> Any:
 
 def grid_configs(cfg: Any, xkey: str, xs: list[float], ykey: str, ys: list[float]) -> list[tuple[Any, Any, Any]]:
     """(x, y, config) for every grid point (y outer, x inner); integer keys get integer values."""
+    check_grid(xkey, xs, ykey, ys)
     base = to_dict(cfg)
     cast = {}
-    for key in (xkey, ykey):
+    for key, values in ((xkey, xs), (ykey, ys)):
         cast[key] = int if isinstance(_lookup(base, key), int) and not isinstance(_lookup(base, key), bool) else float
+        if cast[key] is int:
+            distinct = sorted({round(v) for v in values})
+            if len(distinct) < len(values):
+                raise UserError(
+                    f"axis {key!r} takes integers: the {len(values)} values asked for round to "
+                    f"{len(distinct)} distinct ones ({', '.join(map(str, distinct[:8]))}"
+                    f"{', ...' if len(distinct) > 8 else ''}); ask for at most {len(distinct)} values "
+                    "or a wider range")
     out = []
     for y in ys:
         for x in xs:

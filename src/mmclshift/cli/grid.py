@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
 from mmclshift.errors import UserError
-from mmclshift.runs import run_dir_name
+from mmclshift.runs import refuse_foreign_folder, run_dir_name
 
 HELP = "run a semi-synthetic pi_core x pi_spu grid (Figure 2) and print the MMCL-vs-SL table"
 
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(cfg, semisynthetic.SemiSyntheticExperiment):
         raise UserError(f"{args.config}: grid needs a config of kind 'semisynthetic'; got {cfg.kind!r}")
     out = Path(args.out) if args.out else Path("runs") / run_dir_name(cfg, f"{cfg.name}-grid")
+    refuse_foreign_folder(out, [name for name, _ in semisynthetic.grid_cells(cfg)], "grid folder")
     result = semisynthetic.run_grid(cfg, out, progress=not args.no_progress and not args.json,
                                     split=args.split, force=args.force)
     if args.json:

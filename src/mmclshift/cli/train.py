@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclshift import experiments
-from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
+from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines, seed_arg
 from mmclshift.config import apply_overrides, build_config, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: runs/<name>-<identity hash>)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=None,
                         help="run once per seed, into OUT/seed<N> (seed overrides the config's)")
     parser.add_argument("--smoke", action="store_true",
                         help="run on small built-in fixtures (kinds with a smoke path, e.g. clip_real);"
