@@ -20,7 +20,7 @@ import pytest
 from mmclshift.cli import main
 from mmclshift.config import ConfigError, load_yaml_text, read_yaml
 from mmclshift.experiments import load_config
-from mmclshift.runs import RunDir, release_run_lock
+from mmclshift.runs import RunDir, atomic_write_text, release_run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 DM1 = str(ROOT / "configs" / "data_model_1.yaml")
@@ -261,6 +261,15 @@ def test_disk_full_names_the_file(tmp_path):
         run.log_metrics({"event": "train", "step": 1})
     assert info.value.filename == str(run.path / "metrics.jsonl") and "No space left" in str(info.value)
     release_run_lock(run.path)
+
+
+def test_write_error_names_the_target_not_a_temp_file(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()  # report -o DIR: the atomic rename onto a folder fails
+    with pytest.raises(OSError) as info:
+        atomic_write_text(target, "<html></html>")
+    assert info.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temp file left behind
 
 
 def test_closed_pipe_ends_quietly():
