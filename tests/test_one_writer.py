@@ -214,7 +214,7 @@ DAMAGE = {
     "config unreadable": (_garbage, "config.yaml", "invalid YAML"),
     "config not UTF-8": (lambda r, n: (r / n).write_bytes(b"kind: \xff\xfe\n"), "config.yaml", "not UTF-8"),
     "metrics deleted": (_delete, "metrics.jsonl", "metrics.jsonl: missing"),
-    "metrics empty": (_empty, "metrics.jsonl", "no eval record"),
+    "metrics empty": (_empty, "metrics.jsonl", "metrics.jsonl: empty"),
     "metrics a directory": (_directory, "metrics.jsonl", "metrics.jsonl: not a file"),
     "torn last eval line": (_torn, "metrics.jsonl", "not a JSON line"),
     "env.json garbage": (_garbage, "env.json", "env.json"),

@@ -90,7 +90,7 @@ LOCK_FILE = "lock"
 #: what a run directory may hold besides earlier metrics (``metrics.jsonl.<n>``): a folder
 #: holding none of these is not a run, and a run is never started in it unless it is empty
 RUN_ENTRIES = frozenset({CONFIG_FILE, ENV_FILE, METRICS_FILE, DONE_FILE, ERROR_FILE, CHECKPOINT_DIR,
-                         IDENTITY_FILE, RUNNING_FILE, LOCK_FILE, "fixtures"})
+                         IDENTITY_FILE, RUNNING_FILE, LOCK_FILE, "fixtures", "tb"})
 
 
 class RunBusyError(UserError):
@@ -551,8 +551,7 @@ def read_finished_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, 
     """(config, metrics records) of finished run ``path``, read and checked whole.
 
     A finished run whose config.yaml or metrics.jsonl is missing, empty, not a file or not
-    readable, whose metrics have a torn or garbage line or no eval record, or whose env.json is
-    not JSON, raises :class:`DamagedRunError` naming the file and what is wrong.
+    readable, whose metrics have a torn or garbage line, or whose env.json is not JSON, raises :class:`DamagedRunError` naming the file and what is wrong.
     """
     path = Path(path)
     cfg = read_run_config(path)
@@ -563,8 +562,8 @@ def read_finished_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, 
         records = read_metrics(path)
     except DataError as exc:
         raise DamagedRunError(str(exc)) from None
-    if not any(r.get("event") == "eval" for r in records):
-        raise DamagedRunError(f"{file}: no eval record")
+    if not records:  # a finished run logged something: at least its training or its results
+        raise DamagedRunError(f"{file}: empty")
     env = path / ENV_FILE
     if env.exists():
         try:
