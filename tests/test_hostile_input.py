@@ -214,6 +214,18 @@ def test_nan_loss_is_one_line(capsys, tmp_path):
     assert not (tmp_path / "s" / "done").exists()
 
 
+def test_size_beyond_memory_is_one_line(capsys, tmp_path):
+    # 10^15 training pairs: more bytes than any address space holds, refused by the allocator
+    one_line_error(capsys, ["train", DM1, "n_train=1000000000000000", "n_test=300", "splits=[id]",
+                            "--out", str(tmp_path / "r"), "--no-progress"], "out of memory",
+                   "too large", within=60)
+    assert not (tmp_path / "r" / "done").exists()
+
+
+def test_recursive_alias_in_an_override(capsys):
+    one_line_error(capsys, ["theory", DM1, "splits=&a [*a]"], "override 'splits=&a [*a]'", "recursive alias")
+
+
 # --------------------------------------------------------------------------- paths
 
 

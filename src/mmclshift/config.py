@@ -32,6 +32,10 @@ class ConfigError(UserError, ValueError):
     """A bad config: the message is a single line naming the file and/or the key."""
 
 
+class YAMLSyntaxError(ConfigError):
+    """Text that is not valid YAML (as opposed to valid YAML over a limit)."""
+
+
 # --------------------------------------------------------------------------- constraints
 
 
@@ -307,8 +311,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw, f"override '{text}'") if raw.strip() else ""
+    except YAMLSyntaxError:
         value = raw
     return key.split("."), value
 
@@ -470,9 +474,9 @@ def load_yaml_text(data: str | bytes, source: str = "<yaml>") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
+        raise YAMLSyntaxError(f"{where}: invalid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+        raise YAMLSyntaxError(f"{source}: invalid YAML: {exc}") from None
     except RecursionError:
         raise limit_error("yaml_depth", f"{source}: nested too deep") from None
     finally:

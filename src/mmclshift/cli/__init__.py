@@ -4,7 +4,7 @@ Each subcommand lives in its own module exposing ``HELP``, ``configure(parser)``
 ``run(args) -> int``; :data:`COMMANDS` is the explicit registry.
 
 Bad input (a :class:`~mmclshift.errors.UserError`, a bad option, a file that cannot be read or
-written, a training loss that is no longer finite) ends the command with one line on stderr and
+written, a training loss that is no longer finite, a size that does not fit in memory) ends the command with one line on stderr and
 exit status 2; ``--debug`` (or the environment variable ``MMCLSHIFT_DEBUG=1``) shows the full
 traceback instead. Path arguments have ``~`` expanded and may not be empty. A reader that closes
 the pipe early (``mmclshift theory CFG --json | head -1``) ends the command quietly (status 141,
@@ -148,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # a size too large for this machine
+        line = _allocation_failure(exc)
+        if line is None or debug_enabled(args):
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a file that cannot be read or written: its path and why
         if debug_enabled(args):
             raise
@@ -156,6 +162,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _allocation_failure(exc: BaseException) -> str | None:
+    """One line for a failed memory allocation (Python's, or torch's on CPU or GPU), else None."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        detail = f" ({text})" if text else ""
+    elif "can't allocate memory" in text or "out of memory" in text.lower():
+        tried = text.find("you tried to allocate")
+        detail = f" ({text[tried:].split('.')[0]})" if tried >= 0 else ""
+    else:
+        return None
+    return (f"out of memory{detail}; a size in the config or on the command line is too large for "
+            "this machine")
 
 
 def _silence_stdout() -> None:
