@@ -253,7 +253,10 @@ def test_out_into_a_users_folder_is_refused(capsys, tmp_path):
     before = files(mine)
     for args in (["train", DM1, *TINY, "--out", str(mine)],
                  ["train", DM1, *TINY, "--out", str(mine), "--force"],
-                 ["grid", FIG2, "--out", str(mine)]):
+                 ["train", DM1, *TINY, "--seeds", "0", "1", "--out", str(mine)],
+                 ["grid", FIG2, "--out", str(mine)],
+                 ["theory-map", DM1, "--x", "data.pi_core=0:1:2", "--y", "data.p_spu=0.5:0.9:2",
+                  "--out", str(mine)]):
         one_line_error(capsys, args, str(mine), "is not a", "holiday.jpg")
     sweep = write(tmp_path / "s.yaml", f"base: {DM1}\ngrid: {{seed: [0]}}\n")
     one_line_error(capsys, ["sweep", "run", sweep, "--out", str(mine)], "not a sweep directory")

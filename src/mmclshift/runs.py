@@ -659,6 +659,7 @@ def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
 def move_aside(path: str | Path) -> Path:
     """Rename run directory ``path`` to ``<name>.replaced-<UTC time>`` beside it; return that."""
     path = Path(path)
+    release_run_lock(path)  # a lock this process holds stays with the old directory's file
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = _free_name(path.with_name(f"{path.name}.replaced-{stamp}"))
     try:

@@ -22,6 +22,8 @@ from mmclshift.config import limit, limit_error, replace, to_dict
 from mmclshift.errors import UserError
 
 Row = dict[str, Any]
+#: what a theory-map folder holds (``--out`` may be a new or empty folder, or one of these)
+MAP_FILES = ("map.jsonl", "summary.json", "theory_map.png", "theory_map.svg")
 
 
 def parse_axis(text: str) -> tuple[str, list[float]]:
@@ -170,10 +172,11 @@ def plot_theory_map(rows: list[Row], xkey: str, ykey: str, out_dir: str | Path, 
 
 def write_map(rows: list[Row], xkey: str, ykey: str, out_dir: str | Path, *, title: str = "") -> dict[str, Any]:
     """map.jsonl (one line per point), summary.json and the figure under ``out_dir``."""
-    from mmclshift.runs import atomic_write_text
+    from mmclshift.runs import atomic_write_text, make_run_dir, refuse_foreign_folder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_folder(out, MAP_FILES, "theory-map folder")
+    make_run_dir(out, "theory-map folder")
     atomic_write_text(out / "map.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     summary = {"x": xkey, "y": ykey, **summarise(rows, xkey, ykey)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

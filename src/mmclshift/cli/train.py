@@ -23,7 +23,7 @@ from mmclshift.cli.common import add_config_args, add_force_arg, print_json_line
 from mmclshift.config import apply_overrides, build_config, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import check_run_dir, run_dir_name
+from mmclshift.runs import check_run_dir, refuse_foreign_folder, run_dir_name
 
 HELP = "train MMCL and SL for a config; evaluate on ID and OOD test sets"
 
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         # refuse (or move aside) another config's run before the fixtures are written into it
         check_run_dir(out, small, force=args.force)
         cfg = smoke(cfg, out, args.overrides, build=True)
+    if args.seeds is not None:  # OUT holds one run per seed: refuse a user's folder of other files
+        refuse_foreign_folder(out, [f"seed{s}" for s in args.seeds], "folder of seed runs")
     runs = [(cfg, out)] if args.seeds is None else [
         (replace(cfg, seed=s), out / f"seed{s}") for s in dict.fromkeys(args.seeds)]
     for run_cfg, run_out in runs:
