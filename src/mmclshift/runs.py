@@ -9,10 +9,22 @@ A run directory holds::
     identity.json   the hash of the config's identity (the resolved config without the keys in
                     :data:`VOLATILE_KEYS`) and the keys left out of it
     running.json    pid and host of the process running it (removed when it finishes or fails)
+    lock            ``flock``'ed by the process writing the run, for the whole of its training
     error.txt       the traceback of a failed attempt
     done            written last; its presence means the run completed
 
 Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
+
+**One writer.** :meth:`RunDir.create` takes the run's lock (:func:`acquire_run_lock`) before it
+changes anything and keeps it until ``done`` or ``error.txt`` is written (or the process ends,
+when the kernel drops it, so a killed writer's run is simply taken over). :func:`check_run_dir`
+refuses a run another live process holds (:class:`RunBusyError`, naming it), ``force`` or not;
+:func:`run_state` calls it ``running``.
+
+**Damage.** A finished run must read back whole (:func:`read_finished_run`): a ``done`` whose
+config.yaml or metrics.jsonl is missing, empty, not a file, unreadable or torn is a
+:class:`DamagedRunError`, never a new run: :func:`check_run_dir` refuses it (``force``: moves it
+aside), and ``collect`` names it and leaves it out.
 
 Durability: metrics lines are flushed to the OS as they are written but not fsynced one by one;
 :meth:`RunDir.mark_done` fsyncs metrics.jsonl before it writes (and fsyncs) ``done``, so a
