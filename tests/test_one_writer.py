@@ -117,7 +117,7 @@ def wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> N
 def test_two_train_processes_into_one_out(tmp_path):
     """The second is refused at once naming the first; the first finishes as if alone."""
     args = [sys.executable, "-m", "mmclshift", "train", DM1, "n_train=300", "n_test=300",
-            "splits=[id]", "mmcl.optim.steps=3000", "--json", "--no-progress"]
+            "splits=[id]", "mmcl.optim.steps=1000", "--json", "--no-progress"]
     out = tmp_path / "run"
     first = subprocess.Popen([*args, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
