@@ -330,7 +330,11 @@ def test_garbage_line_in_metrics(finished, capsys):
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"metrics\.jsonl:2: not a JSON line"):
         read_metrics(out)
-    one_line_error(capsys, ["collect", str(out)], "metrics.jsonl:2")
+    # a finished run with a garbage line is damaged: named, left out; --strict makes it an error
+    assert main(["collect", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "damaged run" in err and "metrics.jsonl:2" in err and "Traceback" not in err
+    one_line_error(capsys, ["collect", str(out), "--strict"], "metrics.jsonl:2")
 
 
 def test_debug_flag_and_variable_show_the_traceback(monkeypatch, capsys):
