@@ -463,8 +463,9 @@ def load_yaml_text(data: str | bytes, source: str = "<yaml>") -> Any:
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    loader = _yaml_loader(source)(data)
+    loader = None
     try:
+        loader = _yaml_loader(source)(data)  # reading the text: refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -480,7 +481,8 @@ def load_yaml_text(data: str | bytes, source: str = "<yaml>") -> Any:
     except RecursionError:
         raise limit_error("yaml_depth", f"{source}: nested too deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
