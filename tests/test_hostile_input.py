@@ -265,6 +265,11 @@ def test_out_into_a_users_folder_is_refused(capsys, tmp_path):
     empty.mkdir()
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", DM1, *TINY, "--out", str(empty), "--json"]) == 0  # empty: fine
+    seeds = tmp_path / "seeds"
+    (seeds / "seed0").mkdir(parents=True)  # a folder of other seeds' runs takes more seeds
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", DM1, *TINY, "--seeds", "1", "--out", str(seeds), "--json"]) == 0
+    assert (seeds / "seed1" / "done").is_file()
 
 
 def test_disk_full_names_the_file(tmp_path):

@@ -74,6 +74,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import socket
 import subprocess
 import tempfile
@@ -792,17 +793,21 @@ def refuse_busy(path: str | Path) -> None:
         raise RunBusyError(busy_message(path, owner))
 
 
-def refuse_foreign_folder(path: str | Path, known: Iterable[str], what: str) -> None:
-    """Refuse an existing folder that is not empty and holds none of the ``known`` entries (a
-    user's folder is never written into, nor later moved aside by ``--force``)."""
+def refuse_foreign_folder(path: str | Path, known: Iterable[str], what: str, *,
+                          pattern: str | None = None) -> None:
+    """Refuse an existing folder that is not empty and holds none of the ``known`` entries (nor
+    any whose name matches the regular expression ``pattern``): a user's folder is never
+    written into, nor later moved aside by ``--force``."""
     path = Path(path)
     try:
         entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     known = set(known)
+    ours = re.compile(pattern) if pattern else None
     if not entries or any(e in known or e.split(".replaced-")[0] in known
-                          or e.startswith(f"{METRICS_FILE}.") for e in entries):
+                          or e.startswith(f"{METRICS_FILE}.") or (ours and ours.match(e))
+                          for e in entries):
         return
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     raise UserError(f"{path}: exists and is not a {what} (holds {shown}); choose a new or empty "

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         check_run_dir(out, small, force=args.force)
         cfg = smoke(cfg, out, args.overrides, build=True)
     if args.seeds is not None:  # OUT holds one run per seed: refuse a user's folder of other files
-        refuse_foreign_folder(out, [f"seed{s}" for s in args.seeds], "folder of seed runs")
+        refuse_foreign_folder(out, [], "folder of seed runs", pattern=r"seed\d+$")
     runs = [(cfg, out)] if args.seeds is None else [
         (replace(cfg, seed=s), out / f"seed{s}") for s in dict.fromkeys(args.seeds)]
     for run_cfg, run_out in runs:
