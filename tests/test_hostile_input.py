@@ -283,6 +283,18 @@ def test_disk_full_names_the_file(tmp_path):
     release_run_lock(run.path)
 
 
+def test_disk_full_while_writing_tables_names_the_file(capsys, tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "t.csv").symlink_to("/dev/full")
+    assert main(["collect", str(tmp_path / "runs"), "-o", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err  # collect's summary line comes before the error
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / 't.csv'}: No space left on device" in errors[0]
+
+
 def test_write_error_names_the_target_not_a_temp_file(tmp_path):
     target = tmp_path / "report"
     target.mkdir()  # report -o DIR: the atomic rename onto a folder fails

@@ -158,7 +158,7 @@ def _with_path(exc: OSError, path: str | Path) -> OSError:
     """``exc`` naming ``path`` (a disk-full or permission error on a write names no file)."""
     if exc.filename is not None and not str(exc.filename).endswith(".tmp"):
         return exc
-    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno or 0), str(path))
+    return type(exc)(exc.errno, exc.strerror or _first_line(exc), str(path))
 
 
 @contextlib.contextmanager

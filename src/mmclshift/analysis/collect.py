@@ -33,6 +33,7 @@ from mmclshift.runs import (
     ENV_FILE,
     ERROR_FILE,
     DamagedRunError,
+    naming_path,
     read_finished_run,
 )
 
@@ -252,9 +253,11 @@ def write_tables(table: pd.DataFrame, prefix: str | Path) -> list[Path]:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.parent / f"{prefix.name}{ext}" for ext in (".csv", ".md", ".tex")]
-    table.to_csv(paths[0], index=False)
-    paths[1].write_text(to_markdown(table))
-    paths[2].write_text(to_latex(table))
+    with naming_path(paths[0]):
+        table.to_csv(paths[0], index=False)
+    for path, text in ((paths[1], to_markdown(table)), (paths[2], to_latex(table))):
+        with naming_path(path):
+            path.write_text(text)
     return paths
 
 
