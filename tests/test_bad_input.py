@@ -30,6 +30,7 @@ from mmclshift.runs import (
     check_run_dir,
     eval_records,
     read_metrics,
+    release_run_lock,
     run_state,
 )
 
@@ -187,7 +188,12 @@ def test_hostile_run_names_write_nothing(tmp_path, capsys, monkeypatch, override
 def test_run_state_tells_killed_from_running(tmp_path):
     cfg = experiments.load_config(DM1, TINY)
     run = RunDir.create(tmp_path / "r", cfg, seed=0)
-    assert run_state(tmp_path / "r") == "running"  # this process is alive
+    assert run_state(tmp_path / "r") == "running"  # this process holds the run's lock
+    release_run_lock(tmp_path / "r")  # as when the writer dies: the kernel drops its lock
+    assert run_state(tmp_path / "r") == "killed"
+    # a run written before runs were locked (no lock file) is judged by its pid
+    (tmp_path / "r" / "lock").unlink()
+    assert run_state(tmp_path / "r") == "running"  # the pid in running.json: this process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     marker = json.loads((tmp_path / "r" / RUNNING_FILE).read_text())
@@ -324,7 +330,11 @@ def test_garbage_line_in_metrics(finished, capsys):
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"metrics\.jsonl:2: not a JSON line"):
         read_metrics(out)
-    one_line_error(capsys, ["collect", str(out)], "metrics.jsonl:2")
+    # a finished run with a garbage line is damaged: named, left out; --strict makes it an error
+    assert main(["collect", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "damaged run" in err and "metrics.jsonl:2" in err and "Traceback" not in err
+    one_line_error(capsys, ["collect", str(out), "--strict"], "metrics.jsonl:2")
 
 
 def test_debug_flag_and_variable_show_the_traceback(monkeypatch, capsys):

@@ -88,7 +88,8 @@ def test_killed_sweep_resumes_with_only_missing_jobs(tmp_path):
 
 
 def test_failed_job_keeps_traceback_and_others_run(tmp_path):
-    jobs = expand(sweep({"device": ["cpu", "cuda:7"]}))
+    # device does not name a job (same identity); the failing job differs in its seed too
+    jobs = expand(sweep({"seed": [0]})) + expand(sweep({"seed": [1], "device": ["cuda:7"]}))
     with pytest.warns(RuntimeWarning, match="one at a time"):  # the cuda chunk cannot batch
         result = run_sweep(jobs, tmp_path / "s", progress=False)
     assert len(result.done) == 1 and len(result.failed) == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 class ConfigError(UserError, ValueError):
     """A bad config: the message is a single line naming the file and/or the key."""
+
+
+class YAMLSyntaxError(ConfigError):
+    """Text that is not valid YAML (as opposed to valid YAML over a limit)."""
 
 
 # --------------------------------------------------------------------------- constraints
@@ -168,8 +173,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         value = _number_from_text(value)
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+                value = int(value)
+            else:
+                raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(f"config key '{key}': must be a 64-bit integer (at most 2^63 - 1 in "
+                              f"size); got {value}")
         return value
     if tp is float:
         value = _number_from_text(value)
@@ -186,6 +195,44 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+INT64 = (-(2**63), 2**63 - 1)
+#: seeds go to Python's, NumPy's and torch's generators: all accept this range
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def _is_seed(name: str) -> bool:
+    return name in ("seed", "seeds") or name.endswith("_seed")
+
+
+def _implicit_check(name: str, tp: Any, value: Any) -> str | None:
+    """Checks every config field gets from its type and name, besides its own ``check``.
+
+    Seeds (``seed``, ``*_seed``, ``seeds``) must lie in :data:`SEED_RANGE`; a list of plain
+    values (names, splits, methods, grid values, seeds) must be non-empty and list each value
+    once (a split listed twice would be evaluated and stored twice).
+    """
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    if _is_seed(name) and all(isinstance(v, int) for v in items):
+        for v in items:
+            if not SEED_RANGE[0] <= v <= SEED_RANGE[1]:
+                return f"a seed must be in [0, 2^63 - 1]; got {v}"
+    origin = get_origin(tp)
+    if origin in (list, Sequence) and isinstance(value, list):
+        args = get_args(tp)
+        item = args[0] if args else Any
+        if item in (str, int, float) or get_origin(item) is Literal:
+            if not value:
+                return "must list at least one value"
+            seen: set[Any] = set()
+            for v in value:
+                if v in seen:
+                    return f"{v!r} is listed twice (each value may appear once)"
+                seen.add(v)
+    return None
 
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -218,6 +265,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
             continue
         else:
             raise ConfigError(f"missing required config key '{key}'")
+        msg = _implicit_check(name, hints[name], value)
+        if msg:
+            raise ConfigError(f"config key '{key}': {msg}")
         check = f.metadata.get("check")
         if check is not None and value is not None:
             msg = check(value)
@@ -261,8 +311,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw, f"override '{text}'") if raw.strip() else ""
+    except YAMLSyntaxError:
         value = raw
     return key.split("."), value
 
@@ -305,19 +355,146 @@ def _deepcopy(data: Any) -> Any:
 # --------------------------------------------------------------------------- files
 
 
+# --------------------------------------------------------------------------- limits
+
+#: bounds on what one request may ask for, checked before any work: name -> (variable, default)
+LIMITS: dict[str, tuple[str, int]] = {
+    "yaml_nodes": ("MMCLSHIFT_MAX_YAML_NODES", 100_000),   # values in one YAML file, aliases expanded
+    "yaml_depth": ("MMCLSHIFT_MAX_YAML_DEPTH", 50),        # nesting of lists and mappings
+    "map_points": ("MMCLSHIFT_MAX_MAP_POINTS", 10_000),    # theory-map grid points
+    "sweep_jobs": ("MMCLSHIFT_MAX_SWEEP_JOBS", 10_000),    # jobs one sweep file expands to
+}
+
+
+def limit(name: str) -> int:
+    """The bound :data:`LIMITS` names, raised by its environment variable if set."""
+    var, default = LIMITS[name]
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"environment variable {var}: must be a positive integer; got {text!r}")
+    return value
+
+
+def limit_error(name: str, what: str) -> ConfigError:
+    """``what`` exceeds limit ``name``: a one-line error saying the limit and how to raise it."""
+    var, _ = LIMITS[name]
+    return ConfigError(f"{what}: over the limit of {limit(name):,} (raise it with {var}=N)")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _yaml_loader(source: str) -> type:
+    """A safe YAML loader that refuses duplicate keys and nesting beyond the depth limit."""
+    max_depth = limit("yaml_depth")
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            if self.depth > max_depth:
+                mark = self.peek_event().start_mark
+                raise limit_error("yaml_depth", f"{source}:{mark.line + 1}: lists and mappings "
+                                  f"nested more than {max_depth} deep")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        dup = key in seen
+                        seen.add(key)
+                    except TypeError:  # an unhashable key: the constructor refuses it below
+                        continue
+                    if dup:
+                        raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: duplicate key "
+                                          f"{key!r} (each key may appear once in a mapping)")
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _expanded_size(root: Any, source: str) -> int:
+    """Number of values in the composed YAML tree with every alias expanded (cycles refused)."""
+    cap = limit("yaml_nodes")
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a value "
+                              "that contains it (a recursive alias)")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        total = min(total, cap + 1)  # enough to tell "over the limit"; keeps the numbers small
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def load_yaml_text(data: str | bytes, source: str = "<yaml>") -> Any:
+    """Parse one YAML document safely: UTF-8 only, no duplicate keys, bounded nesting and alias
+    expansion (:data:`LIMITS`); every failure a one-line :class:`ConfigError` naming ``source``."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    loader = None
+    try:
+        loader = _yaml_loader(source)(data)  # reading the text: refuses control characters
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, source) > limit("yaml_nodes"):
+            raise limit_error("yaml_nodes", f"{source}: too many values once aliases are expanded")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise YAMLSyntaxError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise YAMLSyntaxError(f"{source}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise limit_error("yaml_depth", f"{source}: nested too deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; syntax errors name the file and line."""
+    """Read a YAML mapping; syntax errors name the file and line (see :func:`load_yaml_text`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    data = load_yaml_text(raw, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -9,10 +9,22 @@ A run directory holds::
     identity.json   the hash of the config's identity (the resolved config without the keys in
                     :data:`VOLATILE_KEYS`) and the keys left out of it
     running.json    pid and host of the process running it (removed when it finishes or fails)
+    lock            ``flock``'ed by the process writing the run, for the whole of its training
     error.txt       the traceback of a failed attempt
     done            written last; its presence means the run completed
 
 Sweeps and ``collect`` treat a directory without ``done`` as incomplete.
+
+**One writer.** :meth:`RunDir.create` takes the run's lock (:func:`acquire_run_lock`) before it
+changes anything and keeps it until ``done`` or ``error.txt`` is written (or the process ends,
+when the kernel drops it, so a killed writer's run is simply taken over). :func:`check_run_dir`
+refuses a run another live process holds (:class:`RunBusyError`, naming it), ``force`` or not;
+:func:`run_state` calls it ``running``.
+
+**Damage.** A finished run must read back whole (:func:`read_finished_run`): a ``done`` whose
+config.yaml or metrics.jsonl is missing, empty, not a file, unreadable or torn is a
+:class:`DamagedRunError`, never a new run: :func:`check_run_dir` refuses it (``force``: moves it
+aside), and ``collect`` names it and leaves it out.
 
 Durability: metrics lines are flushed to the OS as they are written but not fsynced one by one;
 :meth:`RunDir.mark_done` fsyncs metrics.jsonl before it writes (and fsyncs) ``done``, so a
@@ -52,6 +64,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import functools
 import hashlib
 import io
@@ -60,21 +74,21 @@ import os
 import pickle
 import platform
 import random
+import re
 import socket
 import subprocess
 import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from mmclshift.config import dump_yaml, to_dict
+from mmclshift.config import ConfigError, dump_yaml, load_yaml_text, to_dict
 from mmclshift.errors import DataError, UserError
 
 CONFIG_FILE = "config.yaml"
@@ -85,6 +99,19 @@ ERROR_FILE = "error.txt"
 CHECKPOINT_DIR = "checkpoints"
 IDENTITY_FILE = "identity.json"
 RUNNING_FILE = "running.json"
+LOCK_FILE = "lock"
+#: what a run directory may hold besides earlier metrics (``metrics.jsonl.<n>``): a folder
+#: holding none of these is not a run, and a run is never started in it unless it is empty
+RUN_ENTRIES = frozenset({CONFIG_FILE, ENV_FILE, METRICS_FILE, DONE_FILE, ERROR_FILE, CHECKPOINT_DIR,
+                         IDENTITY_FILE, RUNNING_FILE, LOCK_FILE, "fixtures", "tb"})
+
+
+class RunBusyError(UserError):
+    """A run directory that another live process is writing (it holds the run's lock)."""
+
+
+class DamagedRunError(DataError):
+    """A finished run (``done``) whose config or metrics cannot be read back."""
 
 #: config keys that change only where or how visibly a run executes, not what it computes
 VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume", "data.workers",
@@ -103,8 +130,9 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool | None = No
     if fsync is None:
         fsync = _DEFERRED is None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming_path(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the usual permissions (0666 minus the umask)
         umask = os.umask(0)
@@ -116,10 +144,30 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool | None = No
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _with_path(exc, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _with_path(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` (a disk-full or permission error on a write names no file)."""
+    if exc.filename is not None and not str(exc.filename).endswith(".tmp"):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or _first_line(exc), str(path))
+
+
+@contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block so that its message names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise _with_path(exc, path) from None
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool | None = None) -> None:
@@ -228,10 +276,19 @@ def run_identity(config: Any) -> dict[str, Any]:
     return data
 
 
-def identity_hash(config: Any) -> str:
+def identity_hash(config: Any, length: int = 16) -> str:
     """Hash of :func:`run_identity`: equal for configs that compute the same run."""
     blob = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_dir_name(config: Any, prefix: str) -> str:
+    """``<prefix>-<identity hash>``: the directory name of a run (or grid, or sweep job).
+
+    Named by :func:`identity_hash`, so a rerun that differs only in :data:`VOLATILE_KEYS`
+    (threads, device, loader workers, ...) finds, and reuses, the same directory.
+    """
+    return f"{prefix}-{identity_hash(config, 12)}"
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -315,6 +372,7 @@ class RunDir:
         if check_run_dir(run.path, config, force=force) == "done":
             move_aside(run.path)
         make_run_dir(run.path)
+        acquire_run_lock(run.path)  # held until mark_done / mark_failed (or this process ends)
         with contextlib.suppress(FileNotFoundError):
             (run.path / ERROR_FILE).unlink()  # a previous failure's traceback; this is a new try
         metrics = run.path / METRICS_FILE
@@ -340,7 +398,8 @@ class RunDir:
     def log_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (flushed to the OS; fsynced by :meth:`mark_done`)."""
         line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
-        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+        with naming_path(self.path / METRICS_FILE), \
+                open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
             fh.write(line)
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -367,12 +426,15 @@ class RunDir:
 
     def mark_failed(self, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        atomic_write_text(self.path / ERROR_FILE, text)
-        self._clear_running()
+        try:
+            atomic_write_text(self.path / ERROR_FILE, text)
+        finally:
+            self._clear_running()
 
     def _clear_running(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.path / RUNNING_FILE).unlink()
+        release_run_lock(self.path)
 
     @property
     def done(self) -> bool:
@@ -393,7 +455,8 @@ def is_done(path: str | Path) -> bool:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored.
+    """Parse metrics.jsonl; a truncated last line (a run killed mid-write) is ignored, except in
+    a finished run (``done``), where it is damage.
 
     ``train`` records superseded by a later ``resume`` marker are dropped (see the module
     docstring); any other line that is not a JSON object raises :class:`DataError` naming the
@@ -406,6 +469,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{file}: unreadable ({exc.strerror or exc})") from None
     records: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -413,8 +478,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
+            if i == len(lines) - 1 and not is_done(path):
+                break  # killed mid-write; in a finished run the same is damage
             raise DataError(f"{file}:{i + 1}: not a JSON line") from None
         if not isinstance(rec, dict):
             raise DataError(f"{file}:{i + 1}: not a JSON object")
@@ -474,14 +539,63 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def stored_identity(path: str | Path) -> dict[str, Any] | None:
     """The identity of the config stored in run directory ``path`` (None: no config.yaml)."""
     file = Path(path) / CONFIG_FILE
+    if not file.exists():
+        return None
+    return run_identity(read_run_config(path))
+
+
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """The config stored in run directory ``path``; :class:`DamagedRunError` if unreadable."""
+    file = Path(path) / CONFIG_FILE
     if not file.is_file():
+        raise DamagedRunError(f"{file}: {'not a file' if file.exists() else 'missing'}")
+    try:
+        data = load_yaml_text(file.read_bytes(), str(file))
+    except ConfigError as exc:
+        raise DamagedRunError(str(exc)) from None
+    except OSError as exc:
+        raise DamagedRunError(f"{file}: unreadable ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise DamagedRunError(f"{file}: not a mapping of config keys")
+    return data
+
+
+def read_finished_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(config, metrics records) of finished run ``path``, read and checked whole.
+
+    A finished run whose config.yaml or metrics.jsonl is missing, empty, not a file or not
+    readable, whose metrics have a torn or garbage line, or whose env.json is not JSON, raises :class:`DamagedRunError` naming the file and what is wrong.
+    """
+    path = Path(path)
+    cfg = read_run_config(path)
+    file = path / METRICS_FILE
+    if not file.is_file():
+        raise DamagedRunError(f"{file}: {'not a file' if file.exists() else 'missing'}")
+    try:
+        records = read_metrics(path)
+    except DataError as exc:
+        raise DamagedRunError(str(exc)) from None
+    if not records:  # a finished run logged something: at least its training or its results
+        raise DamagedRunError(f"{file}: empty")
+    env = path / ENV_FILE
+    if env.exists():
+        try:
+            json.loads(env.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DamagedRunError(f"{env}: unreadable ({_first_line(exc)})") from None
+    return cfg, records
+
+
+def run_damage(path: str | Path) -> str | None:
+    """Why finished run ``path`` is damaged (see :func:`read_finished_run`); None if it is whole
+    or not finished."""
+    if not is_done(path):
         return None
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: unreadable run config ({_first_line(exc)}); move the run "
-                        "directory aside or choose another output folder") from None
-    return run_identity(data if isinstance(data, dict) else {})
+        read_finished_run(path)
+    except DamagedRunError as exc:
+        return str(exc)
+    return None
 
 
 def check_output_path(path: str | Path, what: str = "output directory", *,
@@ -515,11 +629,33 @@ def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
     """What ``path`` holds for ``config``: "new", "partial" or "done"; see the module docstring.
 
     Another config's run is refused with a :class:`UserError` naming the differing keys, or,
-    with ``force``, renamed aside (then "new"). Nothing is written otherwise.
+    with ``force``, renamed aside (then "new"); so is a damaged finished run (config or metrics
+    unreadable: :func:`read_finished_run`). A run another live process is writing is refused
+    (:class:`RunBusyError`, also with ``force``), and so is an existing folder that is neither
+    empty nor a run. Nothing is written otherwise.
     """
     path = check_output_path(path, "run directory")
-    old = stored_identity(path)
+    refuse_busy(path)
+    if is_done(path):
+        try:
+            old = run_identity(read_finished_run(path)[0])
+        except DamagedRunError as exc:
+            if force:
+                move_aside(path)
+                return "new"
+            raise DamagedRunError(f"{path}: finished run is damaged ({exc}); rerun with --force to "
+                                  "move it aside, or choose another output directory") from None
+    else:
+        try:
+            old = stored_identity(path)
+        except DamagedRunError as exc:
+            if force:
+                move_aside(path)
+                return "new"
+            raise DamagedRunError(f"{path}: unreadable run config ({exc}); rerun with --force to "
+                                  "move the run aside, or choose another output directory") from None
     if old is None:
+        refuse_foreign_folder(path, RUN_ENTRIES, "run directory")
         return "new"
     new = run_identity(config)
     if old == new:
@@ -536,6 +672,7 @@ def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
 def move_aside(path: str | Path) -> Path:
     """Rename run directory ``path`` to ``<name>.replaced-<UTC time>`` beside it; return that."""
     path = Path(path)
+    release_run_lock(path)  # a lock this process holds stays with the old directory's file
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = _free_name(path.with_name(f"{path.name}.replaced-{stamp}"))
     try:
@@ -560,6 +697,121 @@ def _drop_partial_last_line(file: Path) -> None:
     data = file.read_bytes()
     if data and not data.endswith(b"\n"):
         atomic_write_bytes(file, data[: data.rfind(b"\n") + 1])
+
+
+# --------------------------------------------------------------------------- one writer per run
+
+# run directories whose lock this process holds: resolved path -> open file descriptor
+_HELD: dict[str, int] = {}
+
+
+def _lock_key(path: str | Path) -> str:
+    return os.path.realpath(path)
+
+
+def acquire_run_lock(path: str | Path, *, wait: float = 1.0) -> None:
+    """Take run directory ``path``'s lock (``flock`` on its ``lock`` file) for this process.
+
+    Held until :func:`release_run_lock` (``mark_done`` / ``mark_failed``) or until the process
+    ends, when the kernel drops it: a lock left by a killed process is simply taken over. Another
+    live holder makes this raise :class:`RunBusyError` naming it (after ``wait`` seconds of
+    retries, which only outlast a momentary probe by :func:`lock_owner`). Re-entrant within a
+    process.
+    """
+    key = _lock_key(path)
+    if key in _HELD:
+        return
+    file = Path(path) / LOCK_FILE
+    with naming_path(file):
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise _with_path(exc, file) from None
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RunBusyError(busy_message(path, _read_marker(path))) from None
+            time.sleep(0.05)
+    _HELD[key] = fd
+
+
+def release_run_lock(path: str | Path) -> None:
+    """Drop this process's lock on ``path`` (no-op if it holds none)."""
+    fd = _HELD.pop(_lock_key(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def lock_owner(path: str | Path) -> dict[str, Any] | None:
+    """The marker (``running.json``: pid, host, start; ``{}`` if not written yet) of the other
+    live process holding ``path``'s lock, or None when no other process holds it."""
+    if _lock_key(path) in _HELD:
+        return None
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no writer since runs were locked
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _read_marker(path)
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _read_marker(path: str | Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((Path(path) / RUNNING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def busy_message(path: str | Path, marker: Mapping[str, Any]) -> str:
+    who = "another process"
+    if marker.get("pid"):
+        who = f"process {marker['pid']} on {marker.get('host', '?')}"
+        if isinstance(marker.get("started"), int | float):
+            when = _dt.datetime.fromtimestamp(marker["started"], _dt.UTC)
+            who += f" (since {when.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
+    return (f"{path}: run directory is being written by {who}; wait for it to finish, or choose "
+            "another output directory")
+
+
+def refuse_busy(path: str | Path) -> None:
+    """:class:`RunBusyError` naming the owner if another live process is writing run ``path``."""
+    owner = lock_owner(path)
+    if owner is not None:
+        raise RunBusyError(busy_message(path, owner))
+
+
+def refuse_foreign_folder(path: str | Path, known: Iterable[str], what: str, *,
+                          pattern: str | None = None) -> None:
+    """Refuse an existing folder that is not empty and holds none of the ``known`` entries (nor
+    any whose name matches the regular expression ``pattern``): a user's folder is never
+    written into, nor later moved aside by ``--force``."""
+    path = Path(path)
+    try:
+        entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    known = set(known)
+    ours = re.compile(pattern) if pattern else None
+    if not entries or any(e in known or e.split(".replaced-")[0] in known
+                          or e.startswith(f"{METRICS_FILE}.") or (ours and ours.match(e))
+                          for e in entries):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise UserError(f"{path}: exists and is not a {what} (holds {shown}); choose a new or empty "
+                    "folder")
 
 
 # --------------------------------------------------------------------------- liveness
@@ -588,7 +840,9 @@ def _process_marker() -> dict[str, Any]:
 def run_state(path: str | Path) -> str:
     """done, failed, running, killed (started, not finished, its process gone) or missing.
 
-    A run on another host whose process cannot be checked from here counts as running.
+    Running: another live process holds the run's lock. Runs without a lock file (written before
+    runs were locked) are judged by the pid in running.json; one on another host whose process
+    cannot be checked from here counts as running.
     """
     path = Path(path)
     if is_done(path):
@@ -597,12 +851,16 @@ def run_state(path: str | Path) -> str:
         return "failed"
     if not path.is_dir():
         return "missing"
+    if _lock_key(path) in _HELD or lock_owner(path) is not None:
+        return "running"
     try:
         marker = json.loads((path / RUNNING_FILE).read_text())
     except (OSError, ValueError):
         return "killed"
     if marker.get("host") != socket.gethostname():
         return "running"
+    if (path / LOCK_FILE).exists():
+        return "killed"  # a locked run on this host whose lock is free: its writer is gone
     pid = int(marker.get("pid", 0))
     try:
         os.kill(pid, 0)

@@ -5,27 +5,37 @@ Each row carries the run's test accuracy with its exact binomial (Clopper-Pearso
 over seeds (mean, standard error, t-interval, ``n_seeds``).
 
 Only runs with a ``done`` marker are read; the others are counted as failed (``error.txt``) or
-incomplete (still running, killed, or half-written) and reported, never read. For each
-(method, split) of a run the eval record with the largest ``step`` is kept (the last one when
-steps are absent).
+incomplete (still running, killed, or half-written) and reported, never read. A finished run
+whose config or metrics cannot be read back whole (:func:`mmclshift.runs.read_finished_run`) is
+damaged: each is named on stderr (:func:`warn_damaged`) and left out, and the rest are collected;
+``strict`` makes any damage an error. For each (method, split) of a run the eval record with the
+largest ``step`` is kept (the last one when steps are absent).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from mmclshift.analysis.stats import CONFIDENCE, clopper_pearson, t_interval
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_value
-from mmclshift.runs import CONFIG_FILE, DONE_FILE, ENV_FILE, ERROR_FILE, read_metrics
+from mmclshift.runs import (
+    CONFIG_FILE,
+    DONE_FILE,
+    ENV_FILE,
+    ERROR_FILE,
+    DamagedRunError,
+    naming_path,
+    read_finished_run,
+)
 
 RECORD_KEYS = ("accuracy", "n", "correct", "theory", "population", "top5", "step")
 # config keys that identify a run rather than describe the experiment
@@ -39,24 +49,55 @@ class Collected:
     failed: list[Path] = field(default_factory=list)
     incomplete: list[Path] = field(default_factory=list)
     varying: list[str] = field(default_factory=list)
+    #: finished runs that cannot be read back whole: (run directory, what is wrong)
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        skipped = len(self.failed) + len(self.incomplete)
+        skipped = len(self.failed) + len(self.incomplete) + len(self.damaged)
+        damaged = f", {len(self.damaged)} damaged" if self.damaged else ""
         return (f"collected {len(self.runs)} completed run(s); skipped {skipped} "
-                f"({len(self.failed)} failed, {len(self.incomplete)} incomplete)")
+                f"({len(self.failed)} failed, {len(self.incomplete)} incomplete{damaged})")
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Every folder at or below ``paths`` holding a ``config.yaml`` (a run directory)."""
+    """Every folder at or below ``paths`` holding a ``config.yaml`` or a ``done`` marker (a run
+    directory, possibly a damaged one)."""
     found: set[Path] = set()
     for p in paths:
         p = Path(p)
         if not p.exists():
             raise UserError(f"{p}: no such run directory")
-        if (p / CONFIG_FILE).is_file():
-            found.add(p)
-        found.update(c.parent for c in p.rglob(CONFIG_FILE))
+        for marker in (CONFIG_FILE, DONE_FILE):
+            if (p / marker).exists():
+                found.add(p)
+            found.update(c.parent for c in p.rglob(marker))
     return sorted(found)
+
+
+def warn_damaged(damaged: Sequence[tuple[Path, str]], prog: str = "mmclshift") -> None:
+    """Name each damaged run on stderr, one line each (the default for :func:`collect`)."""
+    for run, why in damaged:
+        print(f"{prog}: warning: damaged run {run} left out: {why}", file=sys.stderr)
+
+
+def damage_error(damaged: Sequence[tuple[Path, str]]) -> DamagedRunError:
+    """One line for ``strict`` callers: how many runs are damaged, the first one named."""
+    run, why = damaged[0]
+    more = f" (and {len(damaged) - 1} more damaged run(s))" if len(damaged) > 1 else ""
+    return DamagedRunError(f"damaged run {run}: {why}{more}; move it aside or rerun it with --force")
+
+
+def check_runs(paths: Sequence[str | Path]) -> None:
+    """Raise :func:`damage_error` if any finished run under ``paths`` is damaged (``--strict``)."""
+    damaged = []
+    for run_dir in find_run_dirs(paths):
+        if (run_dir / DONE_FILE).is_file():
+            try:
+                read_finished_run(run_dir)
+            except DamagedRunError as exc:
+                damaged.append((run_dir, str(exc)))
+    if damaged:
+        raise damage_error(damaged)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -85,21 +126,35 @@ def _last_evals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [v[2] for v in best.values()]
 
 
-def collect(paths: Sequence[str | Path]) -> Collected:
-    """Read every completed run under ``paths`` into a tidy table."""
-    runs, failed, incomplete = [], [], []
+def collect(paths: Sequence[str | Path], *, strict: bool = False,
+            warn: Callable[[Sequence[tuple[Path, str]]], None] | None = warn_damaged) -> Collected:
+    """Read every completed run under ``paths`` into a tidy table.
+
+    Damaged finished runs are left out, listed in ``Collected.damaged`` and passed to ``warn``
+    (default: one stderr line each); ``strict``: any damage raises :class:`DamagedRunError`.
+    """
+    runs, failed, incomplete, damaged = [], [], [], []
     rows: list[dict[str, Any]] = []
     configs: dict[Path, dict[str, Any]] = {}
+    records: dict[Path, list[dict[str, Any]]] = {}
+    envs: dict[Path, dict[str, Any]] = {}
     for run_dir in find_run_dirs(paths):
         if not (run_dir / DONE_FILE).is_file():
             (failed if (run_dir / ERROR_FILE).is_file() else incomplete).append(run_dir)
             continue
         try:
-            cfg = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{run_dir / CONFIG_FILE}: unreadable config ({exc})") from None
+            cfg, records[run_dir] = read_finished_run(run_dir)
+        except DamagedRunError as exc:
+            damaged.append((run_dir, str(exc)))
+            continue
+        env = json.loads((run_dir / ENV_FILE).read_text()) if (run_dir / ENV_FILE).is_file() else {}
+        envs[run_dir] = env if isinstance(env, dict) else {}
         configs[run_dir] = flatten(cfg)
         runs.append(run_dir)
+    if damaged and strict:
+        raise damage_error(damaged)
+    if damaged and warn is not None:
+        warn(damaged)
     # config keys whose value differs between runs of the same kind
     all_keys = sorted({k for c in configs.values() for k in c})
     by_kind: dict[Any, list[dict[str, Any]]] = {}
@@ -110,10 +165,8 @@ def collect(paths: Sequence[str | Path]) -> Collected:
         for group in by_kind.values())]
     for run_dir in runs:
         cfg = configs[run_dir]
-        env = {}
-        if (run_dir / ENV_FILE).is_file():
-            env = json.loads((run_dir / ENV_FILE).read_text())
-        for r in _last_evals(read_metrics(run_dir)):
+        env = envs[run_dir]
+        for r in _last_evals(records[run_dir]):
             row = {
                 "run": str(run_dir), "kind": cfg.get("kind"), "name": cfg.get("name"),
                 "seed": cfg.get("seed"), "method": r.get("method"), "split": r.get("split"),
@@ -127,7 +180,7 @@ def collect(paths: Sequence[str | Path]) -> Collected:
     if table.empty:
         table = pd.DataFrame(columns=["run", "kind", "name", "seed", "method", "split", *RECORD_KEYS,
                                       "ci_low", "ci_high"])
-    return Collected(table, runs, failed, incomplete, varying)
+    return Collected(table, runs, failed, incomplete, varying, damaged)
 
 
 def binomial_ci(correct: Any, n: Any) -> tuple[float | None, float | None]:
@@ -200,9 +253,11 @@ def write_tables(table: pd.DataFrame, prefix: str | Path) -> list[Path]:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.parent / f"{prefix.name}{ext}" for ext in (".csv", ".md", ".tex")]
-    table.to_csv(paths[0], index=False)
-    paths[1].write_text(to_markdown(table))
-    paths[2].write_text(to_latex(table))
+    with naming_path(paths[0]):
+        table.to_csv(paths[0], index=False)
+    for path, text in ((paths[1], to_markdown(table)), (paths[2], to_latex(table))):
+        with naming_path(path):
+            path.write_text(text)
     return paths
 
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from mmclshift.config import replace, to_dict
+from mmclshift.config import limit, limit_error, replace, to_dict
 from mmclshift.errors import UserError
 
 Row = dict[str, Any]
+#: what a theory-map folder holds (``--out`` may be a new or empty folder, or one of these)
+MAP_FILES = ("map.jsonl", "summary.json", "theory_map.png", "theory_map.svg")
 
 
 def parse_axis(text: str) -> tuple[str, list[float]]:
@@ -36,7 +38,20 @@ def parse_axis(text: str) -> tuple[str, list[float]]:
         raise UserError(f"axis {text!r}: start and stop must be numbers and count an integer") from None
     if n < 1:
         raise UserError(f"axis {text!r}: count must be at least 1")
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise UserError(f"axis {text!r}: start and stop must be finite numbers")
+    if n > limit("map_points"):
+        raise limit_error("map_points", f"axis {text!r}: {n:,} values")
     return key, [float(v) for v in np.linspace(a, b, n)]
+
+
+def check_grid(xkey: str, xs: list[float], ykey: str, ys: list[float]) -> None:
+    """Refuse, before any work, a map over one key twice or with more points than the limit."""
+    if xkey == ykey:
+        raise UserError(f"both axes are {xkey!r}: choose two different config keys")
+    points = len(xs) * len(ys)
+    if points > limit("map_points"):
+        raise limit_error("map_points", f"theory-map: {len(xs):,} x {len(ys):,} = {points:,} grid points")
 
 
 def _lookup(data: dict, key: str) -> Any:
@@ -50,10 +65,19 @@ def _lookup(data: dict, key: str) -> Any:
 
 def grid_configs(cfg: Any, xkey: str, xs: list[float], ykey: str, ys: list[float]) -> list[tuple[Any, Any, Any]]:
     """(x, y, config) for every grid point (y outer, x inner); integer keys get integer values."""
+    check_grid(xkey, xs, ykey, ys)
     base = to_dict(cfg)
     cast = {}
-    for key in (xkey, ykey):
+    for key, values in ((xkey, xs), (ykey, ys)):
         cast[key] = int if isinstance(_lookup(base, key), int) and not isinstance(_lookup(base, key), bool) else float
+        if cast[key] is int:
+            distinct = sorted({round(v) for v in values})
+            if len(distinct) < len(values):
+                raise UserError(
+                    f"axis {key!r} takes integers: the {len(values)} values asked for round to "
+                    f"{len(distinct)} distinct ones ({', '.join(map(str, distinct[:8]))}"
+                    f"{', ...' if len(distinct) > 8 else ''}); ask for at most {len(distinct)} values "
+                    "or a wider range")
     out = []
     for y in ys:
         for x in xs:
@@ -148,10 +172,11 @@ def plot_theory_map(rows: list[Row], xkey: str, ykey: str, out_dir: str | Path, 
 
 def write_map(rows: list[Row], xkey: str, ykey: str, out_dir: str | Path, *, title: str = "") -> dict[str, Any]:
     """map.jsonl (one line per point), summary.json and the figure under ``out_dir``."""
-    from mmclshift.runs import atomic_write_text
+    from mmclshift.runs import atomic_write_text, make_run_dir, refuse_foreign_folder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_folder(out, MAP_FILES, "theory-map folder")
+    make_run_dir(out, "theory-map folder")
     atomic_write_text(out / "map.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     summary = {"x": xkey, "y": ykey, **summarise(rows, xkey, ykey)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -32,10 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run directories or folders containing them")
     parser.add_argument("--out", default=None,
                         help=f"folder for {CLAIMS_FILE} (default: the first run folder given)")
+    parser.add_argument("--strict", action="store_true", help="a damaged finished run is an error")
 
 
 def run(args: argparse.Namespace) -> int:
-    col = collect(args.run_dirs)
+    col = collect(args.run_dirs, strict=args.strict)
     print(col.summary(), file=sys.stderr)
     out = Path(args.out if args.out else args.run_dirs[0])
     results, errors = evaluate_claims(col.table, relative_to=out)

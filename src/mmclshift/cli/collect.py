@@ -1,5 +1,8 @@
 """Collect completed runs into one tidy table (CSV, Markdown, LaTeX).
 
+A finished run whose config or metrics cannot be read back (deleted, emptied, torn) is named on
+stderr and left out; the others are collected. --strict makes that an error.
+
 Example:
   mmclshift collect runs/demo -o results/demo
   mmclshift collect runs/sweep1 runs/sweep2 --by-seed
@@ -21,10 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write OUT.csv, OUT.md, OUT.tex (and OUT_by_seed.* with --by-seed)")
     parser.add_argument("--by-seed", action="store_true",
                         help="also group over seeds (mean, standard error)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a damaged finished run is an error (default: named on stderr, left out)")
 
 
 def run(args: argparse.Namespace) -> int:
-    col = collect(args.run_dirs)
+    col = collect(args.run_dirs, strict=args.strict)
     print(col.summary(), file=sys.stderr)
     cols = [c for c in ["kind", "name", "seed", "method", "split", "accuracy", "n", "theory",
                         *col.varying] if c in col.table.columns]

@@ -25,6 +25,35 @@ def add_force_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def int_at_least(lo: int):
+    """argparse type: an integer >= ``lo`` (a bad value is one line naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed in the range every config's ``seed`` accepts."""
+    from mmclshift.config import SEED_RANGE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2^63 - 1]; got {value}")
+    return value
+
+
 def print_json_lines(records: Iterable[Mapping[str, Any]], stream=None) -> None:
     stream = stream or sys.stdout
     for rec in records:

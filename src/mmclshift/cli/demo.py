@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from mmclshift.cli.common import int_at_least
 from mmclshift.demo import SCALES, run_demo
 
 HELP = "run the paper's experiments end to end (seeds, claims with verdicts, report)"
@@ -27,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES),
                         help="demo: embedded digits (minutes on CPU); full: full MNIST (Figures 2 and 5)")
     parser.add_argument("--config", default=None, help="semi-synthetic config to use instead of the scale's")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=int_at_least(1), default=1,
                         help="processes for the semi-synthetic runs (one torch thread each)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
 from mmclshift.errors import UserError
-from mmclshift.runs import config_hash
+from mmclshift.runs import refuse_foreign_folder, run_dir_name
 
 HELP = "run a semi-synthetic pi_core x pi_spu grid (Figure 2) and print the MMCL-vs-SL table"
 
@@ -25,7 +25,7 @@ HELP = "run a semi-synthetic pi_core x pi_spu grid (Figure 2) and print the MMCL
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--out", default=None, help="folder of the grid's run directories "
-                        "(default: runs/<name>-grid-<config hash>)")
+                        "(default: runs/<name>-grid-<identity hash>)")
     parser.add_argument("--split", default="ood", help="test split to tabulate (ood, ood_reversed, id)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not isinstance(cfg, semisynthetic.SemiSyntheticExperiment):
         raise UserError(f"{args.config}: grid needs a config of kind 'semisynthetic'; got {cfg.kind!r}")
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-grid-{config_hash(cfg)}"
+    out = Path(args.out) if args.out else Path("runs") / run_dir_name(cfg, f"{cfg.name}-grid")
+    refuse_foreign_folder(out, [], "grid folder", pattern=r"(sl-seed|mmcl-core)")  # cell names
     result = semisynthetic.run_grid(cfg, out, progress=not args.no_progress and not args.json,
                                     split=args.split, force=args.force)
     if args.json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from mmclshift.analysis.collect import check_runs
 from mmclshift.analysis.report import write_report
 
 HELP = "self-contained HTML report: figures vs the paper's claims, tables, theory vs measurement"
@@ -24,9 +25,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-maps", action="store_true",
                         help="compute one theory map per data model found among the runs "
                              "(pi_core x p_spu at the defaults; a few seconds to a minute)")
+    parser.add_argument("--strict", action="store_true", help="a damaged finished run is an error")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.strict:
+        check_runs(args.run_dirs)
     path = write_report(args.run_dirs, args.out, figures_dir=args.figures, maps=args.maps,
                         default_maps=args.default_maps)
     print(f"report: {path.resolve()}")

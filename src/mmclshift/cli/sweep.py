@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-from mmclshift.cli.common import add_force_arg
+from mmclshift.cli.common import add_force_arg, int_at_least
 from mmclshift.sweeps.runner import LAUNCHERS, STATES, run_sweep, status
 from mmclshift.sweeps.spec import load_sweep
 
@@ -31,15 +31,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     r.add_argument("sweep", help="sweep YAML file")
     r.add_argument("--out", required=True, help="sweep directory (one subfolder per job)")
     r.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local")
-    r.add_argument("--workers", type=int, default=2, help="processes / Ray CPUs")
-    r.add_argument("--max-jobs", type=int, default=None, help="run at most this many jobs now")
+    r.add_argument("--workers", type=int_at_least(1), default=2, help="processes / Ray CPUs")
+    r.add_argument("--max-jobs", type=int_at_least(1), default=None, help="run at most this many jobs now")
     r.add_argument("--no-batch", action="store_true",
                    help="local launcher: train every job on its own (no batched trainer)")
     r.add_argument("--address", default=None, help="ray: address of an existing cluster")
     r.add_argument("--executor", default="slurm", help="slurm: submitit cluster (slurm, local, debug)")
     r.add_argument("--partition", default=None, help="slurm: partition")
-    r.add_argument("--time-min", type=int, default=60, help="slurm: time limit per job (minutes)")
-    r.add_argument("--gpus", type=int, default=0, help="slurm: GPUs per job")
+    r.add_argument("--time-min", type=int_at_least(1), default=60, help="slurm: time limit per job (minutes)")
+    r.add_argument("--gpus", type=int_at_least(0), default=0, help="slurm: GPUs per job")
     r.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
     add_force_arg(r)
     s = sub.add_parser("status", help="done / running / killed / failed / missing jobs of a sweep "
@@ -68,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary())
     for name in result.failed:
         print(f"failed: {name} (see {args.out}/{name}/error.txt)")
+    for name in result.busy:
+        print(f"skipped: {name} (another live process is running it)")
     return 1 if result.failed else 0

@@ -16,9 +16,17 @@ import argparse
 import json
 import sys
 
-from mmclshift.analysis.theory_map import parse_axis, summarise, theory_map, write_map
+from mmclshift.analysis.theory_map import (
+    MAP_FILES,
+    check_grid,
+    parse_axis,
+    summarise,
+    theory_map,
+    write_map,
+)
 from mmclshift.cli.common import add_config_args
 from mmclshift.experiments import load_config
+from mmclshift.runs import refuse_foreign_folder
 
 HELP = "closed-form MMCL vs SL predictions over a 2-D grid of config keys (a map of each claim)"
 
@@ -32,9 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
     xkey, xs = parse_axis(args.x)
     ykey, ys = parse_axis(args.y)
+    check_grid(xkey, xs, ykey, ys)  # before the config is read or any point computed
+    if args.out:
+        refuse_foreign_folder(args.out, MAP_FILES, "theory-map folder")
+    cfg = load_config(args.config, args.overrides)
     rows = theory_map(cfg, xkey, xs, ykey, ys)
     ties = sum(any("range" in r for r in row["records"]) for row in rows)
     if ties:

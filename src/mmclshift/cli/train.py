@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from mmclshift import experiments
-from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines
+from mmclshift.cli.common import add_config_args, add_force_arg, print_json_lines, seed_arg
 from mmclshift.config import apply_overrides, build_config, replace, to_dict
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import check_run_dir, config_hash
+from mmclshift.runs import check_run_dir, refuse_foreign_folder, run_dir_name
 
 HELP = "train MMCL and SL for a config; evaluate on ID and OOD test sets"
 
@@ -31,10 +31,10 @@ HELP = "train MMCL and SL for a config; evaluate on ID and OOD test sets"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--out", default=None,
-                        help="run directory (default: runs/<name>-<config hash>)")
+                        help="run directory (default: runs/<name>-<identity hash>)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=None,
                         help="run once per seed, into OUT/seed<N> (seed overrides the config's)")
     parser.add_argument("--smoke", action="store_true",
                         help="run on small built-in fixtures (kinds with a smoke path, e.g. clip_real);"
@@ -53,12 +53,14 @@ def smoke(cfg: Any, out: Path, overrides: list[str], *, build: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = experiments.load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{config_hash(cfg)}"
+    out = Path(args.out) if args.out else Path("runs") / run_dir_name(cfg, cfg.name)
     if args.smoke:
         small = smoke(cfg, out, args.overrides, build=False)
         # refuse (or move aside) another config's run before the fixtures are written into it
         check_run_dir(out, small, force=args.force)
         cfg = smoke(cfg, out, args.overrides, build=True)
+    if args.seeds is not None:  # OUT holds one run per seed: refuse a user's folder of other files
+        refuse_foreign_folder(out, [], "folder of seed runs", pattern=r"seed\d+$")
     runs = [(cfg, out)] if args.seeds is None else [
         (replace(cfg, seed=s), out / f"seed{s}") for s in dict.fromkeys(args.seeds)]
     for run_cfg, run_out in runs:

@@ -1,6 +1,6 @@
-"""Running sweeps: job directories named by config hash, resume, status, launchers.
+"""Running sweeps: job directories named by identity hash, resume, status, launchers.
 
-Each job runs in ``<out>/<kind>-<config hash>``; a job whose directory has a ``done`` marker is
+Each job runs in ``<out>/<kind>-<identity hash>``; a job whose directory has a ``done`` marker is
 skipped, so rerunning a sweep trains only what is missing; a job directory holding another
 config is refused (``force``: moved aside). A failing job leaves its traceback in ``error.txt``
 and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can
@@ -30,11 +30,15 @@ from mmclshift.config import build_config, to_dict
 from mmclshift.errors import UserError
 from mmclshift.runs import (
     ERROR_FILE,
+    RunBusyError,
     RunDir,
     atomic_write_text,
     check_run_dir,
     deferred_durability,
+    lock_owner,
     make_run_dir,
+    refuse_foreign_folder,
+    release_run_lock,
     run_state,
 )
 from mmclshift.sweeps.spec import Job
@@ -50,10 +54,12 @@ class SweepResult:
     skipped: int
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being run by another live process: left alone
 
     def summary(self) -> str:
-        return (f"{self.planned} jobs: {self.skipped} already done, {len(self.done)} trained, "
+        text = (f"{self.planned} jobs: {self.skipped} already done, {len(self.done)} trained, "
                 f"{len(self.failed)} failed")
+        return text + (f", {len(self.busy)} left to the process running them" if self.busy else "")
 
 
 # --------------------------------------------------------------------------- one job
@@ -67,11 +73,14 @@ def run_job(config: dict[str, Any], out_dir: str) -> str:
         cfg = build_config(config, experiments.CONFIG_KINDS)
         experiments.run(cfg, out_dir, progress=False)
         return "done"
+    except RunBusyError:
+        return "busy"  # another live process took the job after the sweep checked it
     except Exception as exc:  # noqa: BLE001 - a failed job must not stop the sweep
         path = Path(out_dir)
         if not (path / ERROR_FILE).is_file():
             path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path / ERROR_FILE, "".join(traceback.format_exception(exc)))
+        release_run_lock(path)
         return "failed"
 
 
@@ -292,27 +301,35 @@ def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "loca
               max_jobs: int | None = None, force: bool = False, **options: Any) -> SweepResult:
     """Run the jobs not yet done (at most ``max_jobs`` of them) with a launcher.
 
-    Each job is a run: a job directory holding another config is refused in one line before
-    any job starts, or (``force``) moved aside and the job rerun.
+    Each job is a run: a job directory holding another config (or a damaged finished run) is
+    refused in one line before any job starts, or (``force``) moved aside and the job rerun. A
+    job another live process is running (it holds the job's lock) is left to it and counted in
+    ``busy``. ``out_dir`` must be new, empty, or a sweep directory.
     """
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} (one of {', '.join(LAUNCHERS)})")
+    if max_jobs is not None and max_jobs < 1:
+        raise UserError(f"--max-jobs must be at least 1; got {max_jobs}")
+    refuse_foreign_folder(out_dir, {PLAN_FILE, *(j.name for j in jobs)}, "sweep directory")
     out = make_run_dir(out_dir, "sweep directory")
+    busy = [j.name for j in jobs if lock_owner(out / j.name) is not None]  # another live process
+    free = [j for j in jobs if j.name not in busy]
     if not force:  # every refusal before anything is written or trained
-        for j in jobs:
+        for j in free:
             check_run_dir(out / j.name, j.config)
     plan = {"jobs": [j.name for j in jobs], "configs": {j.name: to_dict(j.config) for j in jobs}}
     atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
-    todo = [j for j in jobs if check_run_dir(out / j.name, j.config, force=force) != "done"]
-    skipped = len(jobs) - len(todo)
+    todo = [j for j in free if check_run_dir(out / j.name, j.config, force=force) != "done"]
+    skipped = len(free) - len(todo)
     if max_jobs is not None:
         todo = todo[:max_jobs]
     for j in todo:  # a rerun clears a previous failure's marker
         with contextlib.suppress(FileNotFoundError):
             (out / j.name / ERROR_FILE).unlink()
     status = LAUNCHERS[launcher](todo, out, **options) if todo else {}
+    busy += [n for n, s in status.items() if s == "busy"]
     return SweepResult(len(jobs), skipped, sorted(n for n, s in status.items() if s == "done"),
-                       sorted(n for n, s in status.items() if s != "done"))
+                       sorted(n for n, s in status.items() if s not in ("done", "busy")), sorted(busy))
 
 
 STATES = ("done", "running", "killed", "failed", "missing")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,17 @@ from typing import Any
 import numpy as np
 
 from mmclshift.config import (
+    SEED_RANGE,
     ConfigError,
     apply_overrides,
     build_config,
+    limit,
+    limit_error,
     read_yaml,
     set_by_path,
     to_dict,
 )
-from mmclshift.runs import config_hash
+from mmclshift.runs import run_dir_name
 
 SWEEP_KEYS = {"base", "overrides", "grid", "random", "name"}
 RANDOM_KEYS = {"n_samples", "sweep_seed", "axes"}
@@ -50,7 +53,7 @@ _RANGE = re.compile(r"^\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?\)\s*$")
 
 @dataclass(frozen=True)
 class Job:
-    """One expanded job: its validated config and its directory name (kind + config hash)."""
+    """One expanded job: its validated config and its directory name (kind + identity hash)."""
 
     config: Any
     name: str
@@ -60,13 +63,18 @@ class Job:
         return to_dict(self.config)
 
 
-def _axis_values(key: str, values: Any, source: str) -> list[Any]:
+def _axis_values(key: str, values: Any, source: str) -> Sequence[Any]:
+    """The values of a grid axis: a list, or ``range(...)`` kept lazy (its length is checked
+    against the job limit before any job is built)."""
     if isinstance(values, str):
         m = _RANGE.match(values)
         if not m:
             raise ConfigError(f"{source}: grid axis '{key}': expected a list or range(N); got {values!r}")
         lo, hi = (0, int(m.group(1))) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
-        values = list(range(lo, hi))
+        values = range(lo, hi)
+        if not values:
+            raise ConfigError(f"{source}: grid axis '{key}' is empty")
+        return values
     if not isinstance(values, list):
         raise ConfigError(f"{source}: grid axis '{key}': expected a list of values; got {values!r}")
     if not values:
@@ -96,6 +104,14 @@ def _sample(key: str, spec: Any, rng: np.random.Generator, source: str) -> Any:
     if dist == "int_uniform":
         return int(rng.integers(int(lo), int(hi) + 1))
     raise ConfigError(f"{source}: random axis '{key}': unknown distribution {dist!r}")
+
+
+def _check_job_count(axes: Mapping[str, Sequence[Any]], samples: int, source: str) -> None:
+    """Refuse, before any job is built, a sweep expanding to more jobs than the limit."""
+    count = math.prod(len(v) for v in axes.values()) * samples
+    if count > limit("sweep_jobs"):
+        sizes = " x ".join([*(f"{len(v):,}" for v in axes.values()), *([f"{samples:,}"] if samples > 1 else [])])
+        raise limit_error("sweep_jobs", f"{source}: the sweep expands to {count:,} jobs ({sizes})")
 
 
 def expand(sweep: Mapping[str, Any], *, source: str = "<sweep>", base_dir: Path | None = None,
@@ -135,11 +151,17 @@ def expand(sweep: Mapping[str, Any], *, source: str = "<sweep>", base_dir: Path 
         n = rnd.get("n_samples", 1)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"{source}: sweep key 'random.n_samples': must be a positive integer")
-        rng = np.random.default_rng(rnd.get("sweep_seed", 0))
+        seed = rnd.get("sweep_seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise ConfigError(f"{source}: sweep key 'random.sweep_seed': a seed must be an integer "
+                              f"in [0, 2^63 - 1]; got {seed!r}")
+        _check_job_count(axes, n, source)
+        rng = np.random.default_rng(seed)
         raxes = rnd.get("axes") or {}
         if not raxes:
             raise ConfigError(f"{source}: sweep key 'random.axes' is empty")
         samples = [{k: _sample(k, spec, rng, source) for k, spec in raxes.items()} for _ in range(n)]
+    _check_job_count(axes, len(samples), source)
 
     jobs, seen = [], set()
     keys = list(axes)
@@ -150,7 +172,7 @@ def expand(sweep: Mapping[str, Any], *, source: str = "<sweep>", base_dir: Path 
             for k, v in changes.items():
                 set_by_path(data, k.split("."), v)
             cfg = build_config(data, registry, source=source)
-            name = f"{cfg.kind}-{config_hash(cfg)}"
+            name = run_dir_name(cfg, cfg.kind)
             if name not in seen:
                 seen.add(name)
                 jobs.append(Job(cfg, name))

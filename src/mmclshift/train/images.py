@@ -138,6 +138,8 @@ def train_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
             after_step()
         seen += len(idx)
         value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{method}: loss became {value} at step {step}; lower train.lr")
         running = value if running is None else 0.9 * running + 0.1 * value
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rate = seen / max(time.perf_counter() - t0, 1e-9)
