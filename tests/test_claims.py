@@ -134,6 +134,23 @@ def _t(values):
     return x.mean(), stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
 
 
+def _bootstrap_line_sd(base_id, base_ood, cells_by_seed, n_boot=1000, seed=0):
+    """Independent of the package: resample the baseline points, refit the logit line with
+    numpy, recompute the mean over seeds of the mean ER over cells."""
+    lg = lambda a: np.log(np.asarray(a) / (1 - np.asarray(a)))  # noqa: E731
+    x, y = np.array(base_id), np.array(base_ood)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(x), len(x))
+        if np.ptp(lg(x[idx])) < 1e-6:
+            continue
+        slope, intercept = np.polyfit(lg(x[idx]), lg(y[idx]), 1)
+        pred = lambda a: 1 / (1 + np.exp(-(slope * lg(a) + intercept)))  # noqa: E731
+        out.append(np.mean([np.mean([o - pred(i) for i, o in cells]) for cells in cells_by_seed]))
+    return float(np.std(out, ddof=1))
+
+
 def test_grid_rows_leave_out_baselines(grid):
     g = grid_rows(collect([grid]).table)
     assert set(g[g["method"] == "sl"]["run"].map(lambda r: r.split("/")[-1])) == {"sl-seed0", "sl-seed1", "sl-seed2"}
@@ -159,9 +176,12 @@ def test_claims_on_hand_built_grid(grid, tmp_path):
     top = res["pi_spu_minor"]
     assert top.statistic == pytest.approx(0.02) and top.verdict == "holds"
 
-    # pi_core_matters: 0.6 * (1 - 0) minus the pi_spu costs, per seed identical -> zero spread
-    want = np.mean([mmcl_ood(1.0, ps, 0) for ps in PI_SPU]) - np.mean([mmcl_ood(0.0, ps, 0) for ps in PI_SPU])
-    assert res["pi_core_matters"].statistic == pytest.approx(want)
+    # pi_core_dose_response: pi_core 1 vs the smallest pi_core above 0 (0.5), never vs 0
+    want = np.mean([mmcl_ood(1.0, ps, 0) for ps in PI_SPU]) - np.mean([mmcl_ood(0.5, ps, 0) for ps in PI_SPU])
+    assert res["pi_core_dose_response"].statistic == pytest.approx(want)
+    # pi_core_needed: MMCL (mean over pi_spu) beats SL first at pi_core = 1 in every seed
+    # (at 0.5: 0.1 + 0.3 - 0.1 + 0.01 s = 0.30 + 0.01 s < SL's 0.48..0.52)
+    assert res["pi_core_needed"].per_seed == {0: 1.0, 1: 1.0, 2: 1.0}
 
     # effective robustness: the line is fitted to all 5 SL runs (grid SL + baselines)
     sl_id = [SL_ID[s] for s in SEEDS] + [0.60, 0.80]
@@ -172,6 +192,13 @@ def test_claims_on_hand_built_grid(grid, tmp_path):
     er = res["mmcl_effective_robustness"]
     assert er.statistic == pytest.approx(np.mean(per_er), abs=1e-9)
     assert len([r for r in er.runs if "sl-" in r]) == 5
+    # the interval adds the line's bootstrap SD to the seed-to-seed SE in quadrature
+    se = stats.sem(per_er)
+    # (baseline points in the order of their run directories: sl-baseline-steps20, -60, sl-seed0..2)
+    assert er.line_sd == pytest.approx(_bootstrap_line_sd(sl_id[3:] + sl_id[:3], sl_ood[3:] + sl_ood[:3], [
+        [(mmcl_id(1.0, ps, s), mmcl_ood(1.0, ps, s)) for ps in PI_SPU] for s in SEEDS]), rel=1e-9)
+    half = stats.t.ppf(0.975, 2) * math.hypot(se, er.line_sd)
+    assert (er.ci_low, er.ci_high) == pytest.approx((er.statistic - half, er.statistic + half))
 
     # run paths are relative to the folder given, never absolute
     assert all(not r.startswith("/") for c in res.values() for r in c.runs)
@@ -197,17 +224,18 @@ def test_claims_cli_writes_json(grid, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["claims", str(grid), "--out", str(out)]) == 0
     data = json.loads((out / "claims.json").read_text())
-    assert {d["claim"] for d in data} >= {"mmcl_beats_sl_ood", "pi_spu_minor", "pi_core_matters",
+    assert {d["claim"] for d in data} >= {"mmcl_beats_sl_ood", "pi_spu_minor", "pi_core_dose_response",
                                           "mmcl_effective_robustness", "rich_captions_help"}
     for d in data:
         assert set(d) >= {"claim", "paper", "statistic", "ci_low", "ci_high", "n_seeds", "threshold",
-                          "verdict", "runs"}
+                          "verdict", "verdict_unadjusted", "correction", "group", "runs"}
+        assert d["correction"] == "holm" and d["group"] == {}
         assert d["verdict"] in ("holds", "fails", "inconclusive") and d["n_seeds"] == 3
     printed = capsys.readouterr()
     assert "mmcl_beats_sl_ood" in printed.out and "verdict" in printed.out
     # the theory-tier claims cannot be computed from these runs: one line each, naming the claim
     lines = [ln for ln in printed.err.splitlines() if ln.startswith("claim ")]
-    assert any(ln.startswith("claim intra_class_contrasting_helps could not be computed: no data_model_1 runs")
+    assert any(ln.startswith("claim dm1_mmcl_beats_sl_ood could not be computed: no data_model_1 runs")
                for ln in lines)
 
 
@@ -224,7 +252,7 @@ def test_claims_cli_on_no_runs_and_missing_method(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "claim mmcl_beats_sl_ood could not be computed: no semisynthetic grid runs of SL on split 'ood'" in err
     written = {d["claim"] for d in json.loads((no_sl / "claims.json").read_text())}
-    assert {"pi_spu_minor", "pi_core_matters"} <= written and "mmcl_beats_sl_ood" not in written
+    assert {"pi_spu_minor", "pi_core_dose_response"} <= written and "mmcl_beats_sl_ood" not in written
 
 
 def test_train_takes_a_list_of_seeds(tmp_path, capsys):

@@ -27,7 +27,7 @@ from typing import Any
 
 from mmclshift.analysis.claims import (
     CLAIMS_FILE,
-    claims_rows,
+    claims_tables,
     error_line,
     evaluate_claims,
     write_claims,
@@ -246,8 +246,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     results, errors = evaluate_claims(col.table, relative_to=out)
     claims_path = write_claims(results, out / CLAIMS_FILE)
     print()
-    print(format_table(claims_rows(results), ["claim", "statistic", "95% CI", "holds if", "n_seeds", "verdict"],
-                       title="Claims (statistic: mean over seeds; 95% t-interval over seeds)"))
+    print(claims_tables(results))
     for name, reason in errors:
         print(error_line(name, reason))
     t2 = time.perf_counter()
