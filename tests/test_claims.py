@@ -263,3 +263,175 @@ def test_train_takes_a_list_of_seeds(tmp_path, capsys):
     assert main(args) == 0
     col = collect([out])
     assert sorted(p.name for p in col.runs) == ["seed0", "seed1"] and set(col.table["seed"]) == {0, 1}
+
+
+# --------------------------------------------------------------------------- multiplicity, equivalence
+
+
+def test_holm_hand_computed():
+    from mmclshift.analysis.stats import holm, holm_verdicts
+
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # a claim without a p-value (nan) counts as p = 1 in the family and stays nan
+    adj = holm([0.01, math.nan])
+    assert adj[0] == pytest.approx(0.02) and math.isnan(adj[1])
+    v, _ = holm_verdicts(["holds", "holds", "fails", "holds"], [0.01, 0.04, 0.03, 0.005])
+    assert v == ["holds", "inconclusive", "inconclusive", "holds"]
+
+
+@pytest.mark.parametrize("values, want", [
+    ([0.01, -0.01, 0.02], "holds"),  # interval well inside +-0.05
+    ([0.08, 0.09, 0.10], "fails"),  # wholly above +0.05
+    ([-0.09, -0.08, -0.10], "fails"),  # wholly below -0.05
+    ([0.0, 0.06, -0.03], "inconclusive"),  # straddles an end of the margin
+])
+def test_equivalence_hand_computed(values, want):
+    from mmclshift.analysis.stats import decision_p_values
+
+    iv = t_interval(values)
+    assert verdict(iv.low, iv.high, 0.05, "within") == want
+    # two one-sided tests (scipy), each at 2.5%: holds <=> both reject
+    p_lo = stats.ttest_1samp(values, -0.05, alternative="greater").pvalue
+    p_hi = stats.ttest_1samp(values, 0.05, alternative="less").pvalue
+    p_holds, p_fails = decision_p_values(iv, 0.05, "within")
+    assert p_holds == pytest.approx(min(1, 2 * max(p_lo, p_hi)))
+    assert (want == "holds") == (max(p_lo, p_hi) < 0.025)
+    beyond = min(stats.ttest_1samp(values, 0.05, alternative="greater").pvalue,
+                 stats.ttest_1samp(values, -0.05, alternative="less").pvalue)
+    assert p_fails == pytest.approx(min(1, 2 * beyond))
+    assert (want == "fails") == (beyond < 0.025)
+
+
+def test_grid_verdicts_are_holm_corrected_by_hand(grid):
+    res, _ = evaluate_claims(collect([grid]).table, relative_to=grid)
+    ps = []
+    for r in res:
+        x = np.array([r.per_seed[s] for s in sorted(r.per_seed)])
+        se = math.hypot(stats.sem(x), r.line_sd)
+        if r.direction == "within":
+            p_lo = stats.t.sf((x.mean() + r.threshold) / se, len(x) - 1)
+            p_hi = stats.t.cdf((x.mean() - r.threshold) / se, len(x) - 1)
+            p = 2 * max(p_lo, p_hi) if r.verdict_unadjusted == "holds" else 2 * min(
+                stats.t.sf((x.mean() - r.threshold) / se, len(x) - 1),
+                stats.t.cdf((x.mean() + r.threshold) / se, len(x) - 1))
+        else:
+            t = (x.mean() - r.threshold) / se if se > 0 else math.copysign(math.inf, x.mean() - r.threshold)
+            upper = (r.direction == "above") == (r.verdict_unadjusted != "fails")
+            p = 2 * (stats.t.sf(t, len(x) - 1) if upper else stats.t.cdf(t, len(x) - 1))
+        ps.append(min(1.0, p) if r.details.get("baseline_valid", True) else 1.0)
+    m = len(ps)
+    order = np.argsort(ps)
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
+    for r, a in zip(res, adjusted, strict=True):
+        want = r.verdict_unadjusted if r.verdict_unadjusted != "inconclusive" and a < 0.05 else "inconclusive"
+        assert r.verdict == want, r.claim
+        assert r.correction == "holm"
+    # the equivalence claim on the grid: MMCL minus SL ID is -0.005, +0.01, -0.005 -> inside +-0.05
+    eq = {r.claim: r for r in res}["mmcl_id_equivalent"]
+    assert eq.per_seed == pytest.approx({0: -0.005, 1: 0.01, 2: -0.005}) and eq.verdict_unadjusted == "holds"
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def _dm_run(path, kind, seed, mmcl_ood, sl_ood, **cfg):
+    run = RunDir.create(path, {"kind": kind, "seed": seed, **cfg})
+    for method, acc in (("mmcl", mmcl_ood), ("sl", sl_ood)):
+        run.log_metrics({"event": "eval", "method": method, "split": "ood", "accuracy": acc, "n": 1000,
+                         "correct": int(round(acc * 1000))})
+    run.mark_done()
+
+
+def test_claims_never_pool_two_configs(tmp_path, capsys):
+    gaps = {10000: (0.20, 0.22, 0.21), 20000: (0.05, 0.04, 0.06)}
+    for n, gs in gaps.items():
+        for s, gap in enumerate(gs):
+            _dm_run(tmp_path / f"n{n}-seed{s}", "data_model_1", s, 0.5 + gap, 0.5, n_train=n)
+    res, errors = evaluate_claims(collect([tmp_path]).table, [CLAIMS["dm1_mmcl_beats_sl_ood"]])
+    assert not errors and len(res) == 2
+    by = {r.group["n_train"]: r for r in res}
+    for n, gs in gaps.items():
+        assert by[n].statistic == pytest.approx(np.mean(gs)) and by[n].n_seeds == 3
+        assert all(f"n{n}-" in r for r in by[n].runs)
+    # each group is its own table (and its own Holm family)
+    assert main(["claims", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "group: n_train=10000" in out and "group: n_train=20000" in out
+    assert main(["claims", str(tmp_path), "--group", "n_train=20000"]) == 0
+    data = json.loads((tmp_path / "claims.json").read_text())
+    assert [d["group"] for d in data if d["claim"] == "dm1_mmcl_beats_sl_ood"] == [{"n_train": 20000}]
+    assert main(["claims", str(tmp_path), "--group", "n_train=5"]) == 2
+    assert "no group of runs has that value" in capsys.readouterr().err
+
+
+def test_another_config_beside_the_grid_leaves_its_claims_unchanged(grid, tmp_path):
+    import shutil
+
+    before = {r.claim: r for r in evaluate_claims(collect([grid]).table)[0]}
+    mixed = tmp_path / "mixed"
+    shutil.copytree(grid, mixed / "grid")
+    _run(mixed / "other" / "mmcl-lr", {"seed": 0, "methods": ["mmcl"], "data": {"pi_core": 1.0, "pi_spu": 0.0},
+                                       "train": {"steps": 300, "lr": 0.5}},
+         [("mmcl", "ood", 0.99), ("mmcl", "id", 0.99)])
+    res, _ = evaluate_claims(collect([mixed]).table)
+    main_group = [r for r in res if "other/mmcl-lr" not in " ".join(r.runs)]
+    assert {r.claim for r in main_group} == set(before)
+    for r in main_group:
+        assert r.statistic == pytest.approx(before[r.claim].statistic, abs=1e-12), r.claim
+        assert r.group == {"train.lr": None}
+    assert all(r.group == {"train.lr": 0.5} for r in res if "other/mmcl-lr" in " ".join(r.runs))
+
+
+def test_runs_moved_aside_are_not_read(tmp_path):
+    for s in SEEDS:
+        _dm_run(tmp_path / f"seed{s}", "data_model_2", s, 0.7, 0.5)
+    _dm_run(tmp_path / "seed0.replaced-20260101T000000Z", "data_model_2", 0, 0.1, 0.9)
+    r = evaluate_claim(CLAIMS["dm2_mmcl_beats_sl_ood"], collect([tmp_path]).table)  # reads all
+    assert r.per_seed[0] != pytest.approx(0.2)
+    res, _ = evaluate_claims(collect([tmp_path]).table, [CLAIMS["dm2_mmcl_beats_sl_ood"]])
+    assert res[0].per_seed == pytest.approx({0: 0.2, 1: 0.2, 2: 0.2})
+    assert not any("replaced" in run for run in res[0].runs)
+
+
+# --------------------------------------------------------------------------- effective robustness
+
+
+def test_er_is_inconclusive_on_a_baseline_of_one_config(tmp_path):
+    # only the grid's SL runs: three seeds of one config span only their own noise
+    root = build_grid(tmp_path / "g", baselines=False)
+    res = {r.claim: r for r in evaluate_claims(collect([root]).table)[0]}
+    er = res["mmcl_effective_robustness"]
+    assert er.verdict == er.verdict_unadjusted == "inconclusive"
+    assert "cannot carry a line" in er.reason and "span 0.020" in er.reason
+    assert er.details["baseline_valid"] is False
+
+
+def test_er_flags_points_beyond_the_baseline(grid):
+    er = {r.claim: r for r in evaluate_claims(collect([grid]).table)[0]}["mmcl_effective_robustness"]
+    # MMCL ID at pi_core 1: 0.95 - 0.01 pi_spu + 0.005 seed -> 0.95, 0.955, 0.96 (pi_spu 0) inside
+    # the SL range [0.60, 0.96]; with pi_spu 1: 0.94..0.95 inside too -> none extrapolated
+    assert er.details["extrapolated_points"] == 0 and er.details["points"] == 6
+    assert er.details["baseline_valid"] is True and er.details["baseline_runs"] == 5
+
+
+# --------------------------------------------------------------------------- theory vs trained
+
+
+def test_theory_worst_row_in_standard_errors(tmp_path):
+    # one data model, SL only, 3 seeds: theory 0.8, n = 2500 -> test SE 0.008; population accuracy
+    # 0.79, 0.79, 0.79 (no spread -> no estimation error; a finite-n bias of -0.01)
+    accs = {0: 0.792, 1: 0.776, 2: 0.800}
+    for s, acc in accs.items():
+        run = RunDir.create(tmp_path / f"s{s}", {"kind": "data_model_2", "seed": s})
+        run.log_metrics({"event": "eval", "method": "sl", "split": "ood", "accuracy": acc, "n": 2500,
+                         "correct": int(round(acc * 2500)), "theory": 0.8, "population": 0.79})
+        run.mark_done()
+    r = evaluate_claim(CLAIMS["theory_worst_row_se"], collect([tmp_path]).table)
+    se = math.sqrt(0.8 * 0.2 / 2500)
+    assert r.per_seed == pytest.approx({s: abs(a - 0.8) / se for s, a in accs.items()})
+    assert "finite-n SL bias" in r.note and "-0.010" in r.note
+    assert r.details["population_minus_theory"][0]["bias"] == pytest.approx(-0.01)
