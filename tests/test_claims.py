@@ -146,8 +146,8 @@ def _bootstrap_line_sd(base_id, base_ood, cells_by_seed, n_boot=1000, seed=0):
         if np.ptp(lg(x[idx])) < 1e-6:
             continue
         slope, intercept = np.polyfit(lg(x[idx]), lg(y[idx]), 1)
-        pred = lambda a: 1 / (1 + np.exp(-(slope * lg(a) + intercept)))  # noqa: E731
-        out.append(np.mean([np.mean([o - pred(i) for i, o in cells]) for cells in cells_by_seed]))
+        out.append(np.mean([np.mean([o - 1 / (1 + np.exp(-(slope * lg(i) + intercept))) for i, o in cells])
+                            for cells in cells_by_seed]))
     return float(np.std(out, ddof=1))
 
 
