@@ -241,7 +241,7 @@ def test_report_is_self_contained(report_runs, tmp_path):
     # findings first, inventory last; claims link to their figure; run paths are relative
     order = [page.index(t) for t in ("Findings: the paper", "Figures and the claims", "What was run")]
     assert order == sorted(order)
-    assert '<a href="#fig-theory">theory_matches_trained</a>' in page and 'id="fig-theory"' in page
+    assert '<a href="#fig-theory">theory_worst_row_se</a>' in page and 'id="fig-theory"' in page
     assert str(report_runs) not in page and "300.0000" not in page
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {
         "figure2_ood_grid.png", "figure2_ood_grid.svg", "figure5_id_grid.png", "theory_vs_measured.svg"}
@@ -355,7 +355,9 @@ def test_real_runs_with_imagenet_val_named_id_get_er_rows_and_a_figure(tmp_path)
     # SL baselines on a line in logit space, and one CLIP run above it
     points = [("sl", 0.30, 0.20), ("sl", 0.45, 0.33), ("sl", 0.60, 0.47), ("clip", 0.45, 0.45)]
     for i, (method, a_id, a_ood) in enumerate(points):
-        run = RunDir.create(tmp_path / f"r{i}", {"kind": "clip_real", "seed": i, "name": f"r{i}"})
+        # baselines of different strengths (data sizes): seeds of one config would span only noise
+        run = RunDir.create(tmp_path / f"r{i}", {"kind": "clip_real", "seed": i, "name": f"r{i}",
+                                                 "data": {"n_train": 1000 * (i + 1)}})
         for split, acc in (("id", a_id), ("imagenet-v2", a_ood)):
             run.log_metrics({"event": "eval", "method": method, "split": split, "accuracy": acc,
                              "n": 10000, "correct": int(round(acc * 10000))})

@@ -5,7 +5,7 @@ and a verdict for every claim.
    train linear MMCL and SL (batched), print ID/OOD accuracy beside the closed-form prediction.
 2. Semi-synthetic tier: the Figure 2 grid (MMCL over pi_core x pi_spu, 5 x 5, several seeds,
    plus SL per seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
-   strength (training length and data size).
+   strength (training length and data size), every seed.
 3. The claims (:mod:`mmclshift.analysis.claims`): statistic, 95% interval over seeds and verdict,
    printed and written to ``<out>/claims.json``.
 4. Theory maps: the closed forms of each data model over pi_core x p_spu (where each theory
@@ -89,13 +89,14 @@ def grid_jobs(cfg: semisynthetic.SemiSyntheticExperiment, scale: DemoScale) -> l
     """The Figure 2 grid's runs, then SL baselines of varied strength for the ER line."""
     jobs = [Job(c, name) for name, c in semisynthetic.grid_cells(cfg)]
     n_digits = _n_train_digits(cfg)
-    for step_frac in scale.baseline_steps:
-        steps = max(1, int(round(step_frac * cfg.train.steps)))
-        for frac in scale.baseline_fractions:
-            n = max(cfg.train.batch_size, int(round(frac * n_digits)))
-            over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
-            jobs.append(Job(replace(cfg, seed=0, methods=["sl"], **over),
-                            f"sl-baseline-steps{steps}-frac{frac:g}-seed0"))
+    for seed in cfg.grid.seeds:  # every seed: the line's uncertainty is bootstrapped over them
+        for step_frac in scale.baseline_steps:
+            steps = max(1, int(round(step_frac * cfg.train.steps)))
+            for frac in scale.baseline_fractions:
+                n = max(cfg.train.batch_size, int(round(frac * n_digits)))
+                over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
+                jobs.append(Job(replace(cfg, seed=seed, methods=["sl"], **over),
+                                f"sl-baseline-steps{steps}-frac{frac:g}-seed{seed}"))
     return jobs
 
 

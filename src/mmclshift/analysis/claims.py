@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 
 from mmclshift.analysis.collect import GRID_KIND, grid_rows
-from mmclshift.analysis.er_baseline import BaselineSupport, baseline_support, line_sd
+from mmclshift.analysis.er_baseline import BaselineSupport, line_sd, table_support
 from mmclshift.analysis.groups import (
+    SEED_KEYS,
     Group,
     claim_groups,
-    config_columns,
     drop_moved_aside,
     format_label,
     matches,
@@ -94,8 +94,6 @@ class PerSeed:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-#: config keys that identify a run rather than the experiment (never distinguish groups)
-SEED_KEYS = ("seed", "data_seed", "init_seed", "name", "device", "threads")
 #: the Figure 2 grid's axes: a grid claim reads runs over these
 GRID_AXES_ALL = (*SEED_KEYS, "methods", "data.pi_core", "data.pi_spu")
 #: config keys of a semi-synthetic SL-only run that are the baseline's strengths (training
@@ -334,17 +332,10 @@ def _er_data(table: pd.DataFrame) -> _ERData:
     """The MMCL grid and the SL baseline: every SL run of the group with ID and OOD accuracy
     (the grid's SL runs and the SL baselines of other strengths, every seed)."""
     t = table[table["kind"] == GRID_KIND] if "kind" in table.columns else table.iloc[0:0]
-    sl = t[t["method"] == "sl"]
-    pts = (sl[sl["split"] == "id"][["run", "accuracy", "n"]]
-           .merge(sl[sl["split"] == "ood"][["run", "accuracy"]], on="run", suffixes=("_id", "_ood"))
-           .sort_values("run", kind="stable"))  # the bootstrap's order: by run directory
+    support, pts = table_support(t)
     if len(pts) < 2:
         raise ClaimError(f"the effective-robustness line needs SL runs with id and ood accuracy; "
                          f"found {len(pts)}")
-    cfg_cols = [c for c in config_columns(t) if c not in SEED_KEYS]
-    runs_cfg = t.drop_duplicates("run").set_index("run")
-    configs = [json.dumps([runs_cfg.at[r, c] for c in cfg_cols], default=str) for r in pts["run"]]
-    support = baseline_support(pts["accuracy_id"], pts["accuracy_ood"], n_id=list(pts["n"]), configs=configs)
     if support.fit is None:
         raise ClaimError(f"the SL baseline cannot be fitted ({support.reason})")
     g = _grid(table, "ood", need_sl=False)
@@ -495,12 +486,12 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
           "effective robustness (ood vs id, logit line fitted to SL runs of several strengths, every "
           "seed) of MMCL at the largest pi_core (mean over pi_spu); interval includes the line's "
           "bootstrap uncertainty",
-          0.0, "above", "figure3", _er_claim(_top, "ER at the largest pi_core")),
+          0.0, "above", f"figure3:{GRID_KIND}", _er_claim(_top, "ER at the largest pi_core")),
     Claim("rich_captions_help",
           "Figure 3b / Section 5: richer captions give more effective robustness.",
           "effective robustness of MMCL at the largest pi_core minus at the intermediate one "
           "(interval includes the line's bootstrap uncertainty)",
-          0.0, "above", "figure3", _er_claim(_top_minus_mid, "ER at the largest minus the intermediate pi_core")),
+          0.0, "above", f"figure3:{GRID_KIND}", _er_claim(_top_minus_mid, "ER at the largest minus the intermediate pi_core")),
     Claim("dm1_mmcl_beats_sl_ood",
           "Theorems 4.3-4.5 (Data Model 1): MMCL is more robust than SL out of distribution.",
           "MMCL zero-shot OOD accuracy minus SL OOD accuracy, Data Model 1 (not an ablation of "

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from mmclshift.analysis.robustness import LinearFit, fit_line, transform
@@ -121,4 +122,30 @@ def line_sd(id_acc: Sequence[float], ood_acc: Sequence[float], statistic: Callab
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-__all__ = ["ALPHA", "MIN_SPREAD_NOISE", "N_BOOT", "BaselineSupport", "baseline_support", "line_sd"]
+def baseline_points(table: pd.DataFrame, id_split: str = "id", ood_split: str = "ood",
+                    baseline: str = "sl") -> pd.DataFrame:
+    """One row per baseline run (``run``, ``accuracy_id``, ``accuracy_ood``, ``n_id``), ordered
+    by run directory (the bootstrap's order)."""
+    from mmclshift.analysis.groups import config_signature
+
+    if table.empty or "method" not in table.columns:
+        return pd.DataFrame(columns=["run", "accuracy_id", "accuracy_ood", "n_id", "config"])
+    b = table[table["method"] == baseline]
+    pts = (b[b["split"] == id_split][["run", "accuracy", "n"]].rename(columns={"n": "n_id"})
+           .merge(b[b["split"] == ood_split][["run", "accuracy"]], on="run", suffixes=("_id", "_ood"))
+           .rename(columns={"accuracy": "accuracy_ood"})
+           .sort_values("run", kind="stable").reset_index(drop=True))
+    pts["config"] = [config_signature(table, r) for r in pts["run"]]
+    return pts
+
+
+def table_support(table: pd.DataFrame, id_split: str = "id", ood_split: str = "ood",
+                  baseline: str = "sl") -> tuple[BaselineSupport, pd.DataFrame]:
+    """:func:`baseline_support` of the ``baseline`` runs in a collected table, and their points."""
+    pts = baseline_points(table, id_split, ood_split, baseline)
+    return baseline_support(pts["accuracy_id"].astype(float), pts["accuracy_ood"].astype(float),
+                            n_id=list(pts["n_id"]), configs=list(pts["config"])), pts
+
+
+__all__ = ["ALPHA", "MIN_SPREAD_NOISE", "N_BOOT", "BaselineSupport", "baseline_points", "baseline_support",
+           "line_sd", "table_support"]

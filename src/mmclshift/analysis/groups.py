@@ -31,6 +31,8 @@ import pandas as pd
 from mmclshift.analysis.collect import ROW_KEYS
 from mmclshift.errors import UserError
 
+#: config keys that identify a run rather than the experiment (never distinguish groups)
+SEED_KEYS = ("seed", "data_seed", "init_seed", "name", "device", "threads")
 #: a path component of a run directory moved aside by --force
 MOVED_ASIDE = re.compile(r"\.replaced-\d{8}T\d{6}Z(\.\d+)?$")
 
@@ -56,6 +58,12 @@ def _norm(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
+
+
+def config_signature(table: pd.DataFrame, run: str, drop: Sequence[str] = SEED_KEYS) -> str:
+    """A run's config (its collected config columns but ``drop``) as one comparable string."""
+    row = table[table["run"] == run].iloc[0]
+    return json.dumps([_norm(row[c]) for c in config_columns(table) if c not in set(drop)], default=str)
 
 
 def format_label(label: dict[str, Any]) -> str:
@@ -148,5 +156,5 @@ def matches(label: dict[str, Any], wanted: dict[str, str]) -> bool:
     return all(k in label and str(_norm(label[k])) == v for k, v in wanted.items())
 
 
-__all__ = ["MOVED_ASIDE", "Group", "claim_groups", "config_columns", "drop_moved_aside", "format_label",
+__all__ = ["MOVED_ASIDE", "SEED_KEYS", "Group", "claim_groups", "config_columns", "config_signature", "drop_moved_aside", "format_label",
            "matches", "parse_group_filter"]
