@@ -231,10 +231,11 @@ def _doc_href(ctx: ReportContext, claim: str) -> str:
 
 
 def _why_html(ctx: ReportContext, r: ClaimResult) -> str:
-    """For fails / inconclusive: one sentence on why, and a link to the claim's documentation."""
-    if r.verdict == "holds" or not r.reason:
+    """For fails / inconclusive: one sentence on why, and a link to the claim's documentation (for
+    holds: its caveat, if any)."""
+    if not r.reason:
         return ""
-    return (f"<div class='why'>Why: {html.escape(r.reason)}. "
+    return (f"<div class='why'>{'Caveat' if r.verdict == 'holds' else 'Why'}: {html.escape(r.reason)}. "
             f"<a href=\"{html.escape(_doc_href(ctx, r.claim))}\">{DOC}#{html.escape(r.claim)}</a></div>")
 
 

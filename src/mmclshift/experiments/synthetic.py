@@ -79,6 +79,10 @@ class _SyntheticBase:
             raise ConfigError("config key 'splits': needs at least one split")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"config key 'device': must be cpu or cuda[:N]; got {self.device!r}")
+        if self.mmcl.loss == "infonce" and self.mmcl.normalize and self.mmcl.embed_dim < 2:
+            raise ConfigError("config key 'mmcl.embed_dim': InfoNCE normalises the embeddings, so with "
+                              f"embed_dim {self.mmcl.embed_dim} every embedding is +-1 and nothing is "
+                              "learned; set mmcl.embed_dim=2 or more (or mmcl.normalize=false)")
 
     @property
     def effective_data_seed(self) -> int:
