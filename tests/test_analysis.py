@@ -257,7 +257,10 @@ window.addEventListener('load', () => {
   const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
   const pre = document.createElement('pre');
   pre.id = '__check';
-  pre.textContent = JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors});
+  const maps = Array.from(document.querySelectorAll('.map img')).map(i => i.getBoundingClientRect().width);
+  pre.textContent = JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors,
+    scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+    maps: maps});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -275,19 +278,28 @@ def test_report_renders_in_headless_chromium(report_runs, tmp_path):
         if os.environ.get("MMCLSHIFT_REQUIRE_BROWSER"):
             pytest.fail("MMCLSHIFT_REQUIRE_BROWSER is set but chromium is not installed")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    out = write_report([report_runs], tmp_path / "report.html")
+    from mmclshift.analysis.theory_map import theory_map, write_map
+    from mmclshift.experiments.synthetic import CONFIG_KINDS
+
+    rows = theory_map(CONFIG_KINDS["data_model_1"](), "data.pi_core", [0.1, 0.5, 1.0], "data.p_spu", [0.55, 0.9])
+    write_map(rows, "data.pi_core", "data.p_spu", tmp_path / "dm1-map")
+    out = write_report([report_runs], tmp_path / "report.html", maps=[tmp_path / "dm1-map"])
     probe = tmp_path / "probe.html"
     probe.write_text(out.read_text().replace("<head>", "<head>" + CHECK_SCRIPT, 1))
     base = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--window-size=1400,1000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="__check">(.*?)</pre>', dom.stdout, re.S)
     assert m, f"the check script did not run: {dom.stderr[-2000:]}"
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert result["images"] >= 4 and result["bad"] == [] and result["errors"] == []
+    # laid out in a 1,400 px window: nothing wider than the window (wide tables scroll inside
+    # their own box), and each of a theory map's three panels at least 400 px wide
+    assert result["clientWidth"] <= 1400 and result["scrollWidth"] <= result["clientWidth"], result
+    assert result["maps"] and all(w / 3 >= 400 for w in result["maps"]), result["maps"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
-    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2400", out.as_uri()],
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1400,2400", out.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
 
