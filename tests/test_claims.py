@@ -456,3 +456,20 @@ def test_intra_class_ablation_theory_reads_each_runs_own_draw(tmp_path):
     assert r.per_seed == pytest.approx(want, abs=1e-12)
     assert len(set(want.values())) == 3  # each seed its own draw
     assert r.verdict == "holds" and r.details["theory_with"] > r.details["theory_without"]
+
+
+@pytest.mark.parametrize("offset, want", [(-0.10, "holds"), (+0.10, "fails"), (0.0, "inconclusive")])
+def test_intra_class_ablation_semisynthetic(tmp_path, offset, want):
+    # the ablation's OOD accuracy is MMCL's plus `offset` plus seed jitter of +-0.01 around it
+    root = build_grid(tmp_path / "g", baselines=False)
+    jitter = {0: -0.01, 1: 0.0, 2: 0.01}
+    for s in SEEDS:
+        for ps in PI_SPU:
+            _run(root / f"mmcl-no-intra-core1-spu{ps:g}-seed{s}",
+                 {"seed": s, "methods": ["mmcl_no_intra"], "data": {"pi_core": 1.0, "pi_spu": ps}, "train": {"steps": 300}},
+                 [("mmcl_no_intra", "ood", mmcl_ood(1.0, ps, s) + offset + jitter[s]),
+                  ("mmcl_no_intra", "id", 0.9)])
+    r = evaluate_claim(CLAIMS["intra_class_ablation_semisynthetic"], collect([root]).table)
+    assert r.per_seed == pytest.approx({s: -offset - jitter[s] for s in SEEDS})
+    assert r.verdict == want
+    assert sum("no-intra" in run for run in r.runs) == len(SEEDS) * len(PI_SPU)

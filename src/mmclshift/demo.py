@@ -4,7 +4,8 @@ and a verdict for every claim.
 1. Theory tier: Data Model 1 and Data Model 2 at their default configs, for several seeds --
    train linear MMCL and SL (batched), print ID/OOD accuracy beside the closed-form prediction.
 2. Semi-synthetic tier: the Figure 2 grid (MMCL over pi_core x pi_spu, 5 x 5, several seeds,
-   plus SL per seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
+   plus SL per seed), the intra-class ablation of Figure 3c (MMCL without same-class negatives at
+   the largest pi_core, every seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
    strength (training length and data size), every seed.
 3. The claims (:mod:`mmclshift.analysis.claims`): statistic, 95% interval over seeds and verdict,
    printed and written to ``<out>/claims.json``.
@@ -43,6 +44,8 @@ from mmclshift.sweeps.runner import run_sweep
 from mmclshift.sweeps.spec import Job
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+#: the methods the stacked trainer trains (the others are trained one at a time)
+STACKED_METHODS = ("mmcl", "sl")
 
 
 @dataclass
@@ -56,11 +59,13 @@ class DemoScale:
     # train.steps, and fractions of the training digits
     baseline_steps: list[float]
     baseline_fractions: list[float]
+    # pi_spu values at which MMCL without same-class negatives is trained (at the largest pi_core)
+    ablation_pi_spu: list[float]
 
 
 SCALES: dict[str, DemoScale] = {
-    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0]),
-    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0]),
+    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0], [0.0, 1.0]),
+    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0], [0.0, 1.0]),
 }
 
 
@@ -88,6 +93,12 @@ def theory_jobs(seeds: Sequence[int], n: int | None = None) -> list[Job]:
 def grid_jobs(cfg: semisynthetic.SemiSyntheticExperiment, scale: DemoScale) -> list[Job]:
     """The Figure 2 grid's runs, then SL baselines of varied strength for the ER line."""
     jobs = [Job(c, name) for name, c in semisynthetic.grid_cells(cfg)]
+    top = max(cfg.grid.pi_core)
+    for seed in cfg.grid.seeds:  # the intra-class ablation (Figure 3c) beside the grid's richest cells
+        for ps in scale.ablation_pi_spu:
+            over = {"data.pi_core": top, "data.pi_spu": ps}
+            jobs.append(Job(replace(cfg, seed=seed, methods=["mmcl_no_intra"], **over),
+                            f"mmcl-no-intra-core{top:g}-spu{ps:g}-seed{seed}"))
     n_digits = _n_train_digits(cfg)
     for seed in cfg.grid.seeds:  # every seed: the line's uncertainty is bootstrapped over them
         for step_frac in scale.baseline_steps:
@@ -138,13 +149,14 @@ def share_stacks(cells: list[tuple[str, Any]], workers: int) -> list[list[tuple[
     Cells are grouped by what may share a stack (``stack_key``); a group is cut into at most
     ``workers`` parts of two or more cells each (a stack of one trains no faster), and each part
     goes to the share with the least work so far (cells x steps). Cells that stack with nothing
-    (a single-method run alone with its settings, or a run of several methods) are left out.
+    (a single-method run alone with its settings, a run of several methods, or a method the stacked
+    trainer does not train, such as the intra-class ablation) are left out.
     """
     from mmclshift.experiments.semisynthetic_stacked import stack_key
 
     groups: dict[str, list[tuple[str, Any]]] = {}
     for name, c in cells:
-        if len(c.methods) == 1:
+        if len(c.methods) == 1 and c.methods[0] in STACKED_METHODS:
             groups.setdefault(stack_key(c.methods[0], c), []).append((name, c))
     workers = max(1, workers)
     shares: list[list[tuple[str, Any]]] = [[] for _ in range(workers)]

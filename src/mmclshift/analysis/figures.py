@@ -42,7 +42,7 @@ DATA_NAMES = {"semisynthetic": "semi-synthetic digits (MNIST + colour)",
               "data_model_1": "Data Model 1 (synthetic)", "data_model_2": "Data Model 2 (synthetic)",
               "clip_real": "image-caption data, shifted ImageNets"}
 METHOD_COLOURS = {"mmcl": "#1f77b4", "clip": "#1f77b4", "sl": "#d62728",
-                  "clip_no_intra": "#2ca02c", "supcon": "#9467bd"}
+                  "clip_no_intra": "#2ca02c", "mmcl_no_intra": "#2ca02c", "supcon": "#9467bd"}
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
