@@ -439,7 +439,7 @@ def test_theory_worst_row_in_standard_errors(tmp_path):
 
 def test_intra_class_ablation_theory_reads_each_runs_own_draw(tmp_path):
     from mmclshift.config import replace, to_dict
-    from mmclshift.experiments.intra_class import ablation_accuracies
+    from mmclshift.experiments.ablations import intra_class_accuracies
     from mmclshift.experiments.synthetic import DataModel1Experiment
 
     want = {}
@@ -450,7 +450,7 @@ def test_intra_class_ablation_theory_reads_each_runs_own_draw(tmp_path):
             run.log_metrics({"event": "eval", "method": method, "split": "ood", "accuracy": 0.7, "n": 4000,
                              "correct": 2800})
         run.mark_done()
-        acc = ablation_accuracies(cfg, "ood")
+        acc = intra_class_accuracies(cfg, "ood")
         want[s] = acc["with"] - acc["without"]
     r = evaluate_claim(CLAIMS["intra_class_ablation_theory"], collect([tmp_path]).table)
     assert r.per_seed == pytest.approx(want, abs=1e-12)

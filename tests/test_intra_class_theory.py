@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmclshift.config import replace
-from mmclshift.experiments.intra_class import ablation_accuracies
+from mmclshift.experiments.ablations import intra_class_accuracies
 from mmclshift.experiments.synthetic import (
     DataModel1Experiment,
     DataModel2Experiment,
@@ -58,10 +58,40 @@ def test_population_matrix_matches_a_large_sample(cls):
 
 def test_fits_on_a_draw_approach_the_population_minimisers():
     cfg = replace(DataModel1Experiment(), n_train=20_000)
-    acc = ablation_accuracies(cfg, "ood")
+    acc = intra_class_accuracies(cfg, "ood")
     model = data_model(cfg)
     assert acc["theory_with"] == pytest.approx(mmcl_zero_shot_accuracy(model, "ood", embed_dim=1))
     assert acc["theory_without"] == pytest.approx(no_intra_zero_shot_accuracy(model, "ood", embed_dim=1))
     assert abs(acc["with"] - acc["theory_with"]) < 0.005 and abs(acc["without"] - acc["theory_without"]) < 0.005
     # Data Model 1 at its defaults: intra-class contrasting helps out of distribution
     assert acc["theory_with"] - acc["theory_without"] > 0.01
+
+
+# --------------------------------------------------------------------------- inter-class sharing ablation
+
+
+def test_pi_shared_changes_only_the_shared_details_annotation():
+    base = replace(DataModel2Experiment(), **{"data.pi_core": 0.9, "data.pi_spu": 0.7})
+    m0 = data_model(replace(base, **{"data.pi_shared": 0.0}))
+    m1 = data_model(replace(base, **{"data.pi_shared": 1.0}))
+    # the chain [[0, 1], [1, 2], [2, 3], [3, 4]]: details 1, 2, 3 belong to two classes each
+    assert m0.shared_details() == [1, 2, 3]
+    assert list(m0.annotation_probs()) == [0.9, 0.0, 0.0, 0.0, 0.9] + [0.7] * 4
+    assert list(m1.annotation_probs()) == [0.9, 1.0, 1.0, 1.0, 0.9] + [0.7] * 4
+    assert list(data_model(base).annotation_probs()) == [0.9] * 5 + [0.7] * 4  # unset: pi_core
+    # fixed geometry: the images' distribution and the prompts do not move
+    for split in ("train", "ood"):
+        a, b = m0.mixture(split), m1.mixture(split)
+        assert np.array_equal(a.means, b.means) and np.array_equal(a.weights, b.weights)
+    assert np.array_equal(m0.prompts(), m1.prompts())
+
+
+def test_sharing_ablation_on_a_draw_and_its_control():
+    from mmclshift.experiments.ablations import sharing_annotation_accuracies
+
+    acc = sharing_annotation_accuracies(replace(DataModel2Experiment(), n_train=20_000), "ood")
+    assert abs(acc["with"] - acc["theory_with"]) < 0.03 and abs(acc["without"] - acc["theory_without"]) < 0.03
+    control = data_model(replace(DataModel2Experiment(), **{"data.p_spu": 0.25, "data.pi_shared": 1.0}))
+    assert acc["control_with"] == pytest.approx(mmcl_zero_shot_accuracy(control, "ood", embed_dim=4))
+    with pytest.raises(Exception, match="share no detail"):
+        sharing_annotation_accuracies(replace(DataModel2Experiment(), **{"data.sharing": 0.0}), "ood")
