@@ -473,3 +473,42 @@ def test_intra_class_ablation_semisynthetic(tmp_path, offset, want):
     assert r.per_seed == pytest.approx({s: -offset - jitter[s] for s in SEEDS})
     assert r.verdict == want
     assert sum("no-intra" in run for run in r.runs) == len(SEEDS) * len(PI_SPU)
+
+
+# --------------------------------------------------------------------------- seeds until decided
+
+
+def test_seeds_needed_hand_computed():
+    from mmclshift.analysis.claims import ClaimResult
+    from mmclshift.analysis.decide import seeds_needed
+
+    # values 1, 2, 3 against 0: mean 2, sd 1; t_{.975, n-1} / sqrt(n) < 2 first at n = 4
+    # (n = 3: 4.303 / 1.732 = 2.48; n = 4: 3.182 / 2 = 1.59)
+    r = ClaimResult("c", "", 2.0, -0.48, 4.48, 3, 0.0, "inconclusive", [], per_seed={0: 1.0, 1: 2.0, 2: 3.0},
+                    p_value=0.1)
+    assert seeds_needed(r) == 4
+    # at the Bonferroni level of a table of 5 claims (a = 0.01): t_{.995, n-1} / sqrt(n) < 2 first at n = 6
+    assert [n for n in range(2, 10) if stats.t.ppf(0.995, n - 1) / math.sqrt(n) < 2][0] == seeds_needed(r, 5) == 6
+    # a line's own uncertainty wider than the distance: no number of seeds decides it
+    r.line_sd = 1.5
+    assert seeds_needed(r) is None
+
+
+def test_decide_adds_seeds_and_resumes(tmp_path, capsys):
+    root = tmp_path / "dm1"
+    config = Path(__file__).resolve().parents[1] / "configs" / "data_model_1.yaml"
+    assert main(["train", str(config), "n_train=2000", "n_test=2000", "--seeds", "0", "1", "--out", str(root),
+                 "--no-progress"]) == 0
+    before = {d["claim"]: d for d in json.loads(json.dumps(
+        [r.to_json() for r in evaluate_claims(collect([root]).table)[0]]))}
+    assert before["dm1_mmcl_beats_sl_ood"]["n_seeds"] == 2
+    assert main(["claims", "--decide", str(root), "--budget", "3", "--no-progress"]) == 0
+    after = {d["claim"]: d for d in json.loads((root / "claims.json").read_text())}
+    assert after["dm1_mmcl_beats_sl_ood"]["n_seeds"] == 3  # the budget: one seed more
+    added = sorted(p.parent.name for p in (root / "decide").rglob("done"))
+    assert added == ["run-seed2"]
+    # resumable: a second pass at the same budget trains nothing new
+    capsys.readouterr()
+    assert main(["claims", "--decide", str(root), "--budget", "3", "--no-progress"]) == 0
+    assert sorted(p.parent.name for p in (root / "decide").rglob("done")) == added
+    assert "adding seeds (none: budget reached)" in capsys.readouterr().err
