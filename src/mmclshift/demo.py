@@ -215,8 +215,9 @@ def theory_rows(out: Path) -> list[dict[str, Any]]:
     table = collect([out]).table
     g = group_over_seeds(table)
     return [{"data model": r["kind"], "method": r["method"], "split": r["split"],
-             "theory": r.get("theory"), "trained": r["mean"], "ci_low": r["ci_low"],
-             "ci_high": r["ci_high"], "n_seeds": r["n_seeds"]} for _, r in g.iterrows()]
+             "theory": r.get("theory"), "trained": r["mean"], "ci_low": max(r["ci_low"], 0.0),
+             "ci_high": min(r["ci_high"], 1.0), "n_seeds": r["n_seeds"]}  # accuracy: inside [0, 1]
+            for _, r in g.iterrows()]
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress: bool = True,
