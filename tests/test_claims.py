@@ -512,3 +512,15 @@ def test_decide_adds_seeds_and_resumes(tmp_path, capsys):
     assert main(["claims", "--decide", str(root), "--budget", "3", "--no-progress"]) == 0
     assert sorted(p.parent.name for p in (root / "decide").rglob("done")) == added
     assert "adding seeds (none: budget reached)" in capsys.readouterr().err
+
+
+def test_pi_core_needed_fails_when_little_annotation_suffices(tmp_path):
+    # SL's OOD accuracy 0.05: MMCL (0.1 at pi_core 0) beats it at every pi_core -> 0 in every seed
+    for s in SEEDS:
+        for pc in PI_CORE:
+            _run(tmp_path / f"m{pc:g}-{s}", {"seed": s, "methods": ["mmcl"], "data": {"pi_core": pc, "pi_spu": 0.0}},
+                 [("mmcl", "ood", mmcl_ood(pc, 0.0, s)), ("mmcl", "id", 0.9)])
+        _run(tmp_path / f"s{s}", {"seed": s, "methods": ["sl"], "data": {"pi_core": 1.0, "pi_spu": 1.0}},
+             [("sl", "ood", 0.05), ("sl", "id", 0.95)])
+    r = evaluate_claim(CLAIMS["pi_core_needed"], collect([tmp_path]).table)
+    assert r.per_seed == {0: 0.0, 1: 0.0, 2: 0.0} and r.verdict == "fails"
