@@ -95,3 +95,17 @@ def test_sharing_ablation_on_a_draw_and_its_control():
     assert acc["control_with"] == pytest.approx(mmcl_zero_shot_accuracy(control, "ood", embed_dim=4))
     with pytest.raises(Exception, match="share no detail"):
         sharing_annotation_accuracies(replace(DataModel2Experiment(), **{"data.sharing": 0.0}), "ood")
+
+
+def test_pi_shared_at_its_default_keeps_the_test_sets():
+    import json
+
+    from mmclshift.config import to_dict
+    from mmclshift.experiments.synthetic import _split_seed, split_test_seed
+
+    cfg = DataModel2Experiment()
+    point = to_dict(cfg.data)
+    del point["pi_shared"]  # the data config as it was before the key existed
+    for split in ("id", "ood"):
+        assert split_test_seed(cfg, split) == _split_seed(0, f"{split}:{json.dumps(point, sort_keys=True)}")
+    assert split_test_seed(replace(cfg, **{"data.pi_shared": 0.0}), "ood") != split_test_seed(cfg, "ood")
