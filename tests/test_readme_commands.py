@@ -97,3 +97,13 @@ def test_every_readme_command_runs_at_a_small_size(tmp_path, monkeypatch, capsys
 @pytest.mark.slow
 def test_every_readme_command_runs_as_printed(tmp_path, monkeypatch, capsys):
     _run_all(tmp_path, monkeypatch, capsys, lambda argv: argv)
+
+
+def test_infonce_with_one_dimensional_normalised_embeddings_is_refused(tmp_path, capsys):
+    from mmclshift.cli import main
+
+    args = ["train", str(ROOT / "configs" / "data_model_1.yaml"), "mmcl.loss=infonce", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'mmcl.embed_dim'" in err[0] and "InfoNCE" in err[0]
+    assert not (tmp_path / "r").exists()  # refused before anything is written
