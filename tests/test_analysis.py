@@ -241,7 +241,7 @@ def test_report_is_self_contained(report_runs, tmp_path):
     # findings first, inventory last; claims link to their figure; run paths are relative
     order = [page.index(t) for t in ("Findings: the paper", "Figures and the claims", "What was run")]
     assert order == sorted(order)
-    assert '<a href="#fig-theory">theory_matches_trained</a>' in page and 'id="fig-theory"' in page
+    assert '<a href="#fig-theory">theory_worst_row_se</a>' in page and 'id="fig-theory"' in page
     assert str(report_runs) not in page and "300.0000" not in page
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {
         "figure2_ood_grid.png", "figure2_ood_grid.svg", "figure5_id_grid.png", "theory_vs_measured.svg"}
@@ -257,7 +257,10 @@ window.addEventListener('load', () => {
   const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
   const pre = document.createElement('pre');
   pre.id = '__check';
-  pre.textContent = JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors});
+  const maps = Array.from(document.querySelectorAll('.map img')).map(i => i.getBoundingClientRect().width);
+  pre.textContent = JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors,
+    scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+    maps: maps});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -275,19 +278,28 @@ def test_report_renders_in_headless_chromium(report_runs, tmp_path):
         if os.environ.get("MMCLSHIFT_REQUIRE_BROWSER"):
             pytest.fail("MMCLSHIFT_REQUIRE_BROWSER is set but chromium is not installed")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    out = write_report([report_runs], tmp_path / "report.html")
+    from mmclshift.analysis.theory_map import theory_map, write_map
+    from mmclshift.experiments.synthetic import CONFIG_KINDS
+
+    rows = theory_map(CONFIG_KINDS["data_model_1"](), "data.pi_core", [0.1, 0.5, 1.0], "data.p_spu", [0.55, 0.9])
+    write_map(rows, "data.pi_core", "data.p_spu", tmp_path / "dm1-map")
+    out = write_report([report_runs], tmp_path / "report.html", maps=[tmp_path / "dm1-map"])
     probe = tmp_path / "probe.html"
     probe.write_text(out.read_text().replace("<head>", "<head>" + CHECK_SCRIPT, 1))
     base = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--window-size=1400,1000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="__check">(.*?)</pre>', dom.stdout, re.S)
     assert m, f"the check script did not run: {dom.stderr[-2000:]}"
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert result["images"] >= 4 and result["bad"] == [] and result["errors"] == []
+    # laid out in a 1,400 px window: nothing wider than the window (wide tables scroll inside
+    # their own box), and each of a theory map's three panels at least 400 px wide
+    assert result["clientWidth"] <= 1400 and result["scrollWidth"] <= result["clientWidth"], result
+    assert result["maps"] and all(w / 3 >= 400 for w in result["maps"]), result["maps"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
-    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2400", out.as_uri()],
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1400,2400", out.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
 
@@ -355,7 +367,9 @@ def test_real_runs_with_imagenet_val_named_id_get_er_rows_and_a_figure(tmp_path)
     # SL baselines on a line in logit space, and one CLIP run above it
     points = [("sl", 0.30, 0.20), ("sl", 0.45, 0.33), ("sl", 0.60, 0.47), ("clip", 0.45, 0.45)]
     for i, (method, a_id, a_ood) in enumerate(points):
-        run = RunDir.create(tmp_path / f"r{i}", {"kind": "clip_real", "seed": i, "name": f"r{i}"})
+        # baselines of different strengths (data sizes): seeds of one config would span only noise
+        run = RunDir.create(tmp_path / f"r{i}", {"kind": "clip_real", "seed": i, "name": f"r{i}",
+                                                 "data": {"n_train": 1000 * (i + 1)}})
         for split, acc in (("id", a_id), ("imagenet-v2", a_ood)):
             run.log_metrics({"event": "eval", "method": method, "split": split, "accuracy": acc,
                              "n": 10000, "correct": int(round(acc * 10000))})

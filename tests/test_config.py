@@ -83,7 +83,7 @@ def test_missing_file_and_unknown_kind(tmp_path):
 
 
 def test_overrides_nested_and_typed():
-    cfg = load_config(CONFIGS / "data_model_1.yaml", ["data.pi_core=0.25", "seed=7", "mmcl.loss=infonce"])
+    cfg = load_config(CONFIGS / "data_model_1.yaml", ["data.pi_core=0.25", "seed=7", "mmcl.loss=infonce", "mmcl.embed_dim=4"])
     assert cfg.data.pi_core == 0.25 and cfg.seed == 7 and cfg.mmcl.loss == "infonce"
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
     with pytest.raises(ConfigError):

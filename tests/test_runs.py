@@ -113,7 +113,7 @@ def test_config_hash_changes_with_config():
 
 
 def test_infonce_option_trains_and_learns_temperature(tmp_run):
-    cfg = small_dm1(**{"mmcl.loss": "infonce", "mmcl.optim.batch_size": 256, "mmcl.optim.steps": 60,
+    cfg = small_dm1(**{"mmcl.loss": "infonce", "mmcl.embed_dim": 4, "mmcl.optim.batch_size": 256, "mmcl.optim.steps": 60,
                        "mmcl.optim.lr": 0.01})
     records = run_experiment(cfg, tmp_run, progress=False)
     assert all(r["theory"] is None for r in records if r["method"] == "mmcl")

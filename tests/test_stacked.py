@@ -206,16 +206,18 @@ def test_share_stacks_balances_the_demo_grid_over_two_processes():
     from mmclshift.demo import SCALES, grid_config, grid_jobs, share_stacks
 
     cfg = grid_config("demo", [], None)
-    jobs = grid_jobs(cfg, SCALES["demo"])  # 75 MMCL cells, 3 SL runs, 4 SL baselines
+    jobs = grid_jobs(cfg, SCALES["demo"])  # 75 MMCL cells, 3 SL runs, 6 ablation runs, 4 x 3 SL baselines
     cells = [(j.name, j.config) for j in jobs]
     shares = share_stacks(cells, 2)
     assert len(shares) == 2
     names = [[n for n, _ in s] for s in shares]
-    mmcl = sorted(sum(n.startswith("mmcl-") for n in s) for s in names)
+    mmcl = sorted(sum(n.startswith("mmcl-core") for n in s) for s in names)
     assert mmcl == [37, 38]
+    assert not any(n.startswith("mmcl-no-intra") for s in names for n in s)  # not a stacked method
     sl = [sum(n.startswith("sl-seed") for n in s) for s in names]
     assert sorted(sl) == [0, 3]  # 3 SL runs: one stack, in one share (a stack of one gains nothing)
-    assert not any(n.startswith("sl-baseline") for s in names for n in s)  # each stacks with nothing
+    # each SL baseline strength stacks over its 3 seeds
+    assert sum(n.startswith("sl-baseline") for s in names for n in s) == 12
     one = share_stacks(cells, 1)
     assert len(one) == 1
-    assert sorted(n for n, _ in one[0]) == sorted(n for n, _ in cells if not n.startswith("sl-baseline"))
+    assert sorted(n for n, _ in one[0]) == sorted(n for n, _ in cells if not n.startswith("mmcl-no-intra"))

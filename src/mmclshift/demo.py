@@ -4,8 +4,9 @@ and a verdict for every claim.
 1. Theory tier: Data Model 1 and Data Model 2 at their default configs, for several seeds --
    train linear MMCL and SL (batched), print ID/OOD accuracy beside the closed-form prediction.
 2. Semi-synthetic tier: the Figure 2 grid (MMCL over pi_core x pi_spu, 5 x 5, several seeds,
-   plus SL per seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
-   strength (training length and data size).
+   plus SL per seed), the intra-class ablation of Figure 3c (MMCL without same-class negatives at
+   the largest pi_core, every seed) and, for the effective-robustness line of Figure 3, SL baselines of varied
+   strength (training length and data size), every seed.
 3. The claims (:mod:`mmclshift.analysis.claims`): statistic, 95% interval over seeds and verdict,
    printed and written to ``<out>/claims.json``.
 4. Theory maps: the closed forms of each data model over pi_core x p_spu (where each theory
@@ -27,12 +28,13 @@ from typing import Any
 
 from mmclshift.analysis.claims import (
     CLAIMS_FILE,
-    claims_rows,
+    claims_tables,
     error_line,
     evaluate_claims,
     write_claims,
 )
 from mmclshift.analysis.collect import collect, group_over_seeds
+from mmclshift.analysis.decide import describe_open
 from mmclshift.analysis.report import write_report
 from mmclshift.analysis.theory_map import describe, load_map, report_maps
 from mmclshift.config import apply_overrides, build_config, read_yaml, replace, to_dict
@@ -43,6 +45,8 @@ from mmclshift.sweeps.runner import run_sweep
 from mmclshift.sweeps.spec import Job
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+#: the methods the stacked trainer trains (the others are trained one at a time)
+STACKED_METHODS = ("mmcl", "sl")
 
 
 @dataclass
@@ -56,11 +60,13 @@ class DemoScale:
     # train.steps, and fractions of the training digits
     baseline_steps: list[float]
     baseline_fractions: list[float]
+    # pi_spu values at which MMCL without same-class negatives is trained (at the largest pi_core)
+    ablation_pi_spu: list[float]
 
 
 SCALES: dict[str, DemoScale] = {
-    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0]),
-    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0]),
+    "demo": DemoScale(None, [0, 1, 2], 10000, [1 / 15, 0.2], [0.25, 1.0], [0.0, 1.0]),
+    "full": DemoScale("fig2_mnist.yaml", [0, 1, 2], None, [0.02, 0.08, 0.3], [0.1, 1.0], [0.0, 1.0]),
 }
 
 
@@ -88,14 +94,21 @@ def theory_jobs(seeds: Sequence[int], n: int | None = None) -> list[Job]:
 def grid_jobs(cfg: semisynthetic.SemiSyntheticExperiment, scale: DemoScale) -> list[Job]:
     """The Figure 2 grid's runs, then SL baselines of varied strength for the ER line."""
     jobs = [Job(c, name) for name, c in semisynthetic.grid_cells(cfg)]
+    top = max(cfg.grid.pi_core)
+    for seed in cfg.grid.seeds:  # the intra-class ablation (Figure 3c) beside the grid's richest cells
+        for ps in scale.ablation_pi_spu:
+            over = {"data.pi_core": top, "data.pi_spu": ps}
+            jobs.append(Job(replace(cfg, seed=seed, methods=["mmcl_no_intra"], **over),
+                            f"mmcl-no-intra-core{top:g}-spu{ps:g}-seed{seed}"))
     n_digits = _n_train_digits(cfg)
-    for step_frac in scale.baseline_steps:
-        steps = max(1, int(round(step_frac * cfg.train.steps)))
-        for frac in scale.baseline_fractions:
-            n = max(cfg.train.batch_size, int(round(frac * n_digits)))
-            over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
-            jobs.append(Job(replace(cfg, seed=0, methods=["sl"], **over),
-                            f"sl-baseline-steps{steps}-frac{frac:g}-seed0"))
+    for seed in cfg.grid.seeds:  # every seed: the line's uncertainty is bootstrapped over them
+        for step_frac in scale.baseline_steps:
+            steps = max(1, int(round(step_frac * cfg.train.steps)))
+            for frac in scale.baseline_fractions:
+                n = max(cfg.train.batch_size, int(round(frac * n_digits)))
+                over = {"train.steps": steps, "data.n_train": None if frac >= 1 else n}
+                jobs.append(Job(replace(cfg, seed=seed, methods=["sl"], **over),
+                                f"sl-baseline-steps{steps}-frac{frac:g}-seed{seed}"))
     return jobs
 
 
@@ -137,13 +150,14 @@ def share_stacks(cells: list[tuple[str, Any]], workers: int) -> list[list[tuple[
     Cells are grouped by what may share a stack (``stack_key``); a group is cut into at most
     ``workers`` parts of two or more cells each (a stack of one trains no faster), and each part
     goes to the share with the least work so far (cells x steps). Cells that stack with nothing
-    (a single-method run alone with its settings, or a run of several methods) are left out.
+    (a single-method run alone with its settings, a run of several methods, or a method the stacked
+    trainer does not train, such as the intra-class ablation) are left out.
     """
     from mmclshift.experiments.semisynthetic_stacked import stack_key
 
     groups: dict[str, list[tuple[str, Any]]] = {}
     for name, c in cells:
-        if len(c.methods) == 1:
+        if len(c.methods) == 1 and c.methods[0] in STACKED_METHODS:
             groups.setdefault(stack_key(c.methods[0], c), []).append((name, c))
     workers = max(1, workers)
     shares: list[list[tuple[str, Any]]] = [[] for _ in range(workers)]
@@ -201,8 +215,9 @@ def theory_rows(out: Path) -> list[dict[str, Any]]:
     table = collect([out]).table
     g = group_over_seeds(table)
     return [{"data model": r["kind"], "method": r["method"], "split": r["split"],
-             "theory": r.get("theory"), "trained": r["mean"], "ci_low": r["ci_low"],
-             "ci_high": r["ci_high"], "n_seeds": r["n_seeds"]} for _, r in g.iterrows()]
+             "theory": r.get("theory"), "trained": r["mean"], "ci_low": max(r["ci_low"], 0.0),
+             "ci_high": min(r["ci_high"], 1.0), "n_seeds": r["n_seeds"]}  # accuracy: inside [0, 1]
+            for _, r in g.iterrows()]
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress: bool = True,
@@ -246,10 +261,11 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     results, errors = evaluate_claims(col.table, relative_to=out)
     claims_path = write_claims(results, out / CLAIMS_FILE)
     print()
-    print(format_table(claims_rows(results), ["claim", "statistic", "95% CI", "holds if", "n_seeds", "verdict"],
-                       title="Claims (statistic: mean over seeds; 95% t-interval over seeds)"))
+    print(claims_tables(results))
     for name, reason in errors:
         print(error_line(name, reason))
+    for line in describe_open(results):  # what more seeds would decide (mmclshift claims --decide)
+        print(f"open: {line}")
     t2 = time.perf_counter()
     maps = report_maps(out / "theory-maps")  # closed forms only: recomputed, never stale
     for m in maps:

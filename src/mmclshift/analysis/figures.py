@@ -7,7 +7,9 @@ written paths, or ``[]`` when the table holds no data for that figure.
   grid (semi-synthetic runs): a heatmap with each cell's 95% t-interval over seeds, and the
   paper's form (accuracy against ``pi_core``, one line per ``pi_spu``, error bars; SL as a band).
 * :func:`figure_3` -- effective-robustness scatter: OOD vs ID accuracy on logit axes, one colour
-  per method, the line fitted on the baseline method (SL) with its bootstrap band.
+  per method, the line fitted on the baseline method (SL) with its bootstrap band; drawn only when
+  the baseline can carry a line (:func:`mmclshift.analysis.er_baseline.baseline_support`), titled
+  by the data it shows.
 * :func:`figure_theory` -- predicted vs measured accuracy of synthetic runs, with y = x.
 """
 
@@ -23,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mmclshift.analysis.collect import GRID_AXES, grid_rows, group_over_seeds  # noqa: E402
+from mmclshift.analysis.er_baseline import table_support  # noqa: E402
 from mmclshift.analysis.robustness import (  # noqa: E402
     REAL_SHIFTS,
     clopper_pearson,
@@ -34,8 +37,12 @@ from mmclshift.errors import UserError  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False}
+#: what each run kind's data is, for figure titles
+DATA_NAMES = {"semisynthetic": "semi-synthetic digits (MNIST + colour)",
+              "data_model_1": "Data Model 1 (synthetic)", "data_model_2": "Data Model 2 (synthetic)",
+              "clip_real": "image-caption data, shifted ImageNets"}
 METHOD_COLOURS = {"mmcl": "#1f77b4", "clip": "#1f77b4", "sl": "#d62728",
-                  "clip_no_intra": "#2ca02c", "supcon": "#9467bd"}
+                  "clip_no_intra": "#2ca02c", "mmcl_no_intra": "#2ca02c", "supcon": "#9467bd"}
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -66,7 +73,7 @@ def _sl_text(sl: pd.DataFrame) -> str:
     if sl.empty:
         return ""
     r = sl.iloc[0]
-    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if np.isfinite(r["ci_low"]) else ""
+    ci = f" [{max(r['ci_low'], 0.0):.2f}, {min(r['ci_high'], 1.0):.2f}]" if np.isfinite(r["ci_low"]) else ""
     return f"; SL: {r['mean']:.2f}{ci}"
 
 
@@ -77,7 +84,7 @@ def _heatmap(cells: pd.DataFrame, sl: pd.DataFrame, title: str, out_dir: Path, s
     hi = cells.pivot_table(index="data.pi_core", columns="data.pi_spu", values="ci_high", dropna=False)
     n = int(cells["n_seeds"].min())
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(0.9 * pivot.shape[1] + 2.6, 0.6 * pivot.shape[0] + 1.8))
+        fig, ax = plt.subplots(figsize=(1.25 * pivot.shape[1] + 2.8, 0.85 * pivot.shape[0] + 2.0))
         im = ax.imshow(pivot.values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns])
         ax.set_yticks(range(pivot.shape[0]), [f"{v:g}" for v in pivot.index])
@@ -91,11 +98,12 @@ def _heatmap(cells: pd.DataFrame, sl: pd.DataFrame, title: str, out_dir: Path, s
                     continue
                 text = f"{v:.2f}"
                 a, b = lo.get(ps, {}).get(pc, np.nan), hi.get(ps, {}).get(pc, np.nan)
-                if np.isfinite(a) and np.isfinite(b):
-                    text += f"\n[{a:.2f},{b:.2f}]"
-                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                if np.isfinite(a) and np.isfinite(b):  # an accuracy's interval, inside [0, 1]
+                    text += f"\n[{max(a, 0.0):.2f},{min(b, 1.0):.2f}]"
+                ax.text(j, i, text, ha="center", va="center", fontsize=9,
                         color="white" if v < 0.6 else "black")
-        ax.set_title(f"{title}{_sl_text(sl)}\n(mean over {n} seed(s); 95% t-interval)", fontsize=8)
+        ax.set_title(f"{title}{_sl_text(sl)}\n(mean over {n} seed(s); 95% t-interval, clipped to [0, 1])",
+                     fontsize=10)
         fig.colorbar(im, ax=ax, label="MMCL accuracy")
         return _save(fig, out_dir, stem)
 
@@ -108,14 +116,14 @@ def _lines(cells: pd.DataFrame, sl: pd.DataFrame, title: str, ylabel: str, out_d
         if not sl.empty:
             r = sl.iloc[0]
             if np.isfinite(r["ci_low"]):
-                ax.axhspan(r["ci_low"], r["ci_high"], color=METHOD_COLOURS["sl"], alpha=0.18, lw=0)
+                ax.axhspan(max(r["ci_low"], 0.0), min(r["ci_high"], 1.0), color=METHOD_COLOURS["sl"], alpha=0.18, lw=0)
             ax.axhline(r["mean"], color=METHOD_COLOURS["sl"], lw=1.2, label=f"SL ({int(r['n_seeds'])} seeds)")
         spus = sorted(cells["data.pi_spu"].unique())
         cmap = plt.get_cmap("viridis")
         for k, ps in enumerate(spus):
             c = cells[cells["data.pi_spu"] == ps].sort_values("data.pi_core")
-            lo = (c["mean"] - c["ci_low"]).fillna(0).clip(lower=0)
-            hi = (c["ci_high"] - c["mean"]).fillna(0).clip(lower=0)
+            lo = (c["mean"] - c["ci_low"].clip(lower=0.0)).fillna(0).clip(lower=0)
+            hi = (c["ci_high"].clip(upper=1.0) - c["mean"]).fillna(0).clip(lower=0)
             ax.errorbar(c["data.pi_core"], c["mean"], yerr=[lo, hi], marker="o", ms=3.5, capsize=2.5,
                         lw=1.2, color=cmap(k / max(len(spus) - 1, 1) * 0.9),
                         label=rf"MMCL, $\pi_{{spu}}$={ps:g}")
@@ -167,6 +175,8 @@ def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
     pts = er_points(table, id_split, ood_split)
     if pts.empty or (pts["method"] == baseline).sum() < 2:
         return []
+    if not table_support(table, id_split, ood_split, baseline)[0].ok:
+        return []  # a line that is noise: no panel (the claims and the ER section say why)
     base = (pts["method"] == baseline).to_numpy()
     try:
         er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"], base, n_boot=500)
@@ -225,15 +235,16 @@ def all_figures(table: pd.DataFrame, out_dir: str | Path) -> dict[str, list[Path
         for kind, t in table.groupby("kind"):
             splits = set(t["split"])
             if {"id", "ood"} <= splits:
+                data = DATA_NAMES.get(str(kind), str(kind))
                 out[f"figure3:{kind}"] = figure_3(t, out_dir, stem=f"figure3_{kind}",
-                                                  title=f"Effective robustness ({kind}, ood)")
+                                                  title=f"Effective robustness: {data}, ood vs id")
             real = dict((o, i) for i, o in shift_pairs(splits) if o in REAL_SHIFTS)
             first = next((o for o in REAL_SHIFTS if o in real), None)
             if first is not None:
                 out[f"figure3_real:{kind}"] = figure_3(
                     t, out_dir, id_split=real[first], ood_split=first, stem=f"figure3_real_{kind}",
-                    title=f"Effective robustness ({kind}, {first} vs {real[first]})")
+                    title=f"Effective robustness: {DATA_NAMES.get(str(kind), str(kind))}, {first} vs {real[first]}")
     return {k: v for k, v in out.items() if v}
 
 
-__all__ = ["all_figures", "er_points", "figure_2", "figure_3", "figure_5", "figure_theory"]
+__all__ = ["DATA_NAMES", "all_figures", "er_points", "figure_2", "figure_3", "figure_5", "figure_theory"]

@@ -25,9 +25,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mmclshift.analysis.claims import ClaimResult, error_line, evaluate_claims, format_interval
+from mmclshift.analysis.claims import (
+    DOC,
+    ClaimResult,
+    error_line,
+    evaluate_claims,
+    format_interval,
+    groups_of,
+    holds_if,
+)
 from mmclshift.analysis.collect import ROW_KEYS, Collected, binomial_ci, collect, group_over_seeds
-from mmclshift.analysis.figures import all_figures, er_points
+from mmclshift.analysis.er_baseline import table_support
+from mmclshift.analysis.figures import DATA_NAMES, all_figures, er_points
 from mmclshift.analysis.robustness import effective_robustness, shift_pairs
 from mmclshift.analysis.stats import t_interval
 from mmclshift.analysis.theory_map import REPORT_MAPS, describe, load_map, report_maps
@@ -47,7 +56,7 @@ CLAIMS = {
                 "SL out of distribution; pi_spu has little effect."),
     "figure5": ("Figure 5: ID accuracy",
                 "In distribution, MMCL and SL are both accurate once captions are rich enough."),
-    "figure3": ("Figure 3a: effective robustness",
+    "figure3": ("Effective robustness (the paper's Figure 3a)",
                 "MMCL lies above the line fitted to SL models: higher OOD accuracy at equal ID "
                 "accuracy."),
     "figure3_real": ("Figure 3a-c: effective robustness on shifted ImageNets",
@@ -55,14 +64,19 @@ CLAIMS = {
                      "intra-class contrasting add robustness."),
 }
 
+#: the repository's documentation of the claims (linked from a verdict's reason)
+DOC_PATH = Path(__file__).resolve().parents[3] / DOC
+
 CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;line-height:1.45;padding:0 1em}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1300px;
+color:#222;line-height:1.45;padding:0 1em}.tw{overflow-x:auto;max-width:100%}
+.map img{width:100%;max-width:1300px;border:1px solid #eee}.map .claim{max-width:none}
+.why{font-size:.85em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}th{background:#f3f3f3}
 .fig{display:flex;gap:1.5em;align-items:flex-start;margin:1em 0;flex-wrap:wrap}
-.fig img{max-width:520px;border:1px solid #eee}.claim{max-width:420px}
+.fig img{max-width:min(620px,100%);border:1px solid #eee}.claim{max-width:420px}
 .flag{background:#ffe0e0}.ok{background:#e6f6e6}.v-holds td{background:#e6f6e6}
 .v-fails td{background:#ffe0e0}.v-inconclusive td{background:#fff6d6}pre{background:#f7f7f7;padding:.6em;font-size:.8em;
 overflow-x:auto}.muted{color:#777}
@@ -77,7 +91,8 @@ def _img(path: Path) -> str:
 def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return '<p class="muted">no rows</p>'
-    return df.to_html(index=False, float_format=format_value, na_rep="-", border=0)
+    return ('<div class="tw">' + df.to_html(index=False, float_format=format_value, na_rep="-", border=0)
+            + "</div>")
 
 
 def theory_deviations(table: pd.DataFrame) -> pd.DataFrame:
@@ -114,6 +129,8 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
                             on=["run", "method"], how="left")
         if pts.empty or (pts["method"] == "sl").sum() < 2:
             continue
+        if not table_support(table, id_split, ood_split)[0].ok:
+            continue  # a baseline that cannot carry a line gives no ER (er_refusals says why)
         try:
             er = effective_robustness(pts["accuracy_id"], pts["accuracy_ood"],
                                       (pts["method"] == "sl").to_numpy(), n_boot=0)
@@ -130,6 +147,21 @@ def _er_rows(table: pd.DataFrame, kind: str) -> pd.DataFrame:
                          "er_ci_high": None if hi is None else hi - float(pred),
                          **{k: p[k] for k in ("seed", *_config_keys(table)) if k in p}})
     return pd.DataFrame(rows)
+
+
+def er_refusals(table: pd.DataFrame) -> list[str]:
+    """One sentence per (kind, ID/OOD pair) whose SL baseline cannot carry a line, and why."""
+    out = []
+    if table.empty:
+        return out
+    for kind, t in table.groupby("kind"):
+        for id_split, ood_split in shift_pairs(set(t["split"])):
+            support, pts = table_support(t, id_split, ood_split)
+            if len(pts) >= 2 and not support.ok:
+                out.append(f"{DATA_NAMES.get(str(kind), str(kind))} ({ood_split} vs {id_split}): no "
+                           f"effective robustness and no figure -- the SL baseline cannot carry a "
+                           f"line: {support.describe()}")
+    return out
 
 
 def _config_keys(table: pd.DataFrame) -> list[str]:
@@ -172,7 +204,12 @@ class ReportContext:
             return str(path)
 
     def anchor(self, figure: str) -> str | None:
-        """The id of the first figure block of ``figure`` (a figure name, kind suffix ignored)."""
+        """The id of the figure block of ``figure``: the exact key (``figure3:semisynthetic``),
+        else the first figure of that name (kind suffix ignored)."""
+        if figure in self.figures:
+            return _anchor(figure)
+        if ":" in figure:
+            return None
         for key in self.figures:
             if key.partition(":")[0] == figure:
                 return _anchor(key)
@@ -183,57 +220,105 @@ def _anchor(key: str) -> str:
     return "fig-" + key.replace(":", "-").replace("_", "-")
 
 
+def _doc_href(ctx: ReportContext, claim: str) -> str:
+    target = str(DOC_PATH) if DOC_PATH.is_file() else DOC
+    if ctx.root is not None and DOC_PATH.is_file():
+        try:
+            target = os.path.relpath(DOC_PATH, ctx.root.resolve())
+        except ValueError:
+            pass
+    return f"{target}#{claim}"
+
+
+def _why_html(ctx: ReportContext, r: ClaimResult) -> str:
+    """For fails / inconclusive: one sentence on why, and a link to the claim's documentation (for
+    holds: its caveat, if any)."""
+    if not r.reason:
+        return ""
+    return (f"<div class='why'>{'Caveat' if r.verdict == 'holds' else 'Why'}: {html.escape(r.reason)}. "
+            f"<a href=\"{html.escape(_doc_href(ctx, r.claim))}\">{DOC}#{html.escape(r.claim)}</a></div>")
+
+
+def _verdict_html(r: ClaimResult) -> str:
+    if r.verdict == r.verdict_unadjusted:
+        return f"<b>{r.verdict}</b>"
+    return f"<b>{r.verdict}</b> <span class='muted'>(unadjusted: {r.verdict_unadjusted})</span>"
+
+
 def _claims_section(ctx: ReportContext) -> str:
     if not ctx.claims and not ctx.claim_errors:
         return ""
-    rows = []
-    for r in ctx.claims:
-        a = ctx.anchor(r.figure)
-        name = f'<a href="#{a}">{html.escape(r.claim)}</a>' if a else html.escape(r.claim)
-        sign = ">" if r.direction == "above" else "<"
-        rows.append(
-            f"<tr class='v-{r.verdict}'><td>{name}</td><td>{html.escape(r.paper)}</td>"
-            f"<td>{html.escape(r.description)}<br><span class='muted'>{html.escape(r.note)}</span></td>"
-            f"<td>{r.statistic:+.3f}</td><td>{html.escape(format_interval(r))}</td>"
-            f"<td>{sign} {r.threshold:g}</td><td>{r.n_seeds}</td><td><b>{r.verdict}</b></td></tr>")
     counts = {v: sum(r.verdict == v for r in ctx.claims) for v in ("holds", "fails", "inconclusive")}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
     body = ("<h2 id='claims'>Findings: the paper's claims, measured</h2>"
             f"<p>{len(ctx.claims)} claim(s) computed: {summary}. Statistic: mean over seeds of a "
-            "per-seed value; interval: 95% Student-t over seeds. A claim <b>holds</b> when the whole "
-            "interval is on the claimed side of its threshold, <b>fails</b> when it is wholly on the "
-            "other side, and is <b>inconclusive</b> when it straddles the threshold.</p>")
-    if rows:
-        body += ("<table><tr><th>claim</th><th>paper</th><th>statistic computed</th><th>value</th>"
-                 "<th>95% CI</th><th>holds if</th><th>n_seeds</th><th>verdict</th></tr>"
-                 + "".join(rows) + "</table>")
+            "per-seed value; interval: 95% Student-t over seeds (for effective robustness, widened by "
+            "the SL line's bootstrap uncertainty). A claim <b>holds</b> when the whole interval is on "
+            "the claimed side of its threshold (for an equivalence claim: inside the margin), "
+            "<b>fails</b> when it is wholly on the other side, and is <b>inconclusive</b> otherwise. "
+            "The verdict is after Holm's correction over the claims of one table; the verdict of the "
+            "interval alone is shown beside it. A claim reads only runs that agree on every config key "
+            "except the seed and the axes it varies: each group of runs has its own table.</p>")
+    for label, rs in groups_of(ctx.claims):
+        rows = []
+        for r in rs:
+            a = ctx.anchor(r.figure)
+            name = f'<a href="#{a}">{html.escape(r.claim)}</a>' if a else html.escape(r.claim)
+            rows.append(
+                f"<tr class='v-{r.verdict}'><td>{name}</td><td>{html.escape(r.paper)}</td>"
+                f"<td>{html.escape(r.description)}<br><span class='muted'>{html.escape(r.note)}</span></td>"
+                f"<td>{r.statistic:+.3f}</td><td>{html.escape(format_interval(r))}</td>"
+                f"<td>{html.escape(holds_if(r))}</td><td>{r.n_seeds}</td>"
+                f"<td>{r.verdict_unadjusted}</td><td><b>{r.verdict}</b>{_why_html(ctx, r)}</td></tr>")
+        if len(groups_of(ctx.claims)) > 1 or label != "all runs":
+            body += f"<h3>Group: {html.escape(label)}</h3>"
+        body += ("<div class='tw'><table><tr><th>claim</th><th>paper</th><th>statistic computed</th>"
+                 "<th>value</th><th>95% CI</th><th>holds if</th><th>n_seeds</th><th>unadjusted</th>"
+                 "<th>verdict (Holm)</th></tr>" + "".join(rows) + "</table></div>")
     if ctx.claim_errors:
         body += ("<p>Not computed:</p><ul>" + "".join(
             f"<li>{html.escape(error_line(n, why))}</li>" for n, why in ctx.claim_errors) + "</ul>")
     return body
 
 
+def _figure_title(base: str, kind: str) -> str:
+    title = CLAIMS.get(base, (base, ""))[0]
+    return f"{title}: {DATA_NAMES.get(kind, kind)}" if kind else title
+
+
+def _claim_items(ctx: ReportContext, rs: list[ClaimResult]) -> str:
+    return "".join(
+        f"<li>{html.escape(r.claim)}"
+        + (f" <span class='muted'>[{html.escape(r.group_label)}]</span>" if r.group else "")
+        + f": {r.statistic:+.3f} {html.escape(format_interval(r))} -> {_verdict_html(r)}"
+        f"{_why_html(ctx, r)}</li>" for r in rs)
+
+
 def _figures_section(ctx: ReportContext) -> str:
     parts = ["<h2>Figures and the claims they test</h2>"]
     if not ctx.figures:
         parts.append('<p class="muted">The collected runs hold no data for the paper\'s figures.</p>')
-    by_figure: dict[str, list[ClaimResult]] = {}
-    for r in ctx.claims:
-        by_figure.setdefault(r.figure, []).append(r)
-    seen: set[str] = set()
+    shown_claims: set[int] = set()
     for key, paths in ctx.figures.items():
         base, _, kind = key.partition(":")
-        title, claim = CLAIMS.get(base, (base, ""))
-        title = f"{title} [{kind}]" if kind else title
+        claim = CLAIMS.get(base, (base, ""))[1]
         pngs = [p for p in paths if p.suffix == ".png"]
-        verdicts = "" if base in seen else "".join(
-            f"<li>{html.escape(r.claim)}: {r.statistic:+.3f} {html.escape(format_interval(r))} "
-            f"-> <b>{r.verdict}</b></li>" for r in by_figure.get(base, []))
-        seen.add(base)
+        # each claim beside the one figure that shows it (its figure key, kind included)
+        mine = [r for r in ctx.claims if id(r) not in shown_claims and ctx.anchor(r.figure) == _anchor(key)]
+        shown_claims.update(id(r) for r in mine)
+        verdicts = _claim_items(ctx, mine)
         parts.append(f'<div class="fig" id="{_anchor(key)}">{"".join(_img(p) for p in pngs)}'
-                     f'<div class="claim"><h3>{html.escape(title)}</h3>'
+                     f'<div class="claim"><h3>{html.escape(_figure_title(base, kind))}</h3>'
                      f"<p>Paper: {html.escape(claim)}</p>"
                      + (f"<p>Measured:</p><ul>{verdicts}</ul>" if verdicts else "") + "</div></div>")
+    orphans = [r for r in ctx.claims if id(r) not in shown_claims]
+    if orphans:
+        parts.append("<h3>Claims without a figure</h3><p>Their figure is not drawn (for effective "
+                     "robustness: the baseline cannot carry a line).</p><ul>" + _claim_items(ctx, orphans)
+                     + "</ul>")
+    refusals = er_refusals(ctx.col.table)
+    if refusals:
+        parts.append("<ul>" + "".join(f"<li class='muted'>{html.escape(x)}</li>" for x in refusals) + "</ul>")
     shown = {k.partition(":")[0] for k in ctx.figures}
     missing = [CLAIMS[k][0] for k in CLAIMS if k not in shown]
     if missing:
@@ -252,7 +337,7 @@ def _maps_section(ctx: ReportContext) -> str:
              "seeds); they give the region of validity of the theory-tier claims above.</p>"]
     for m in ctx.maps:
         name = m["dir"].name
-        parts.append(f'<div class="fig" id="map-{html.escape(name)}">{_img(m["png"])}'
+        parts.append(f'<div class="map" id="map-{html.escape(name)}">{_img(m["png"])}'
                      f'<div class="claim"><h3>{html.escape(name)}: {html.escape(m["summary"]["x"])} x '
                      f'{html.escape(m["summary"]["y"])}</h3><p>{html.escape(describe(m["summary"]))}</p>'
                      f'<p class="muted">{html.escape(ctx.rel(m["dir"]))}</p></div></div>')
@@ -275,11 +360,18 @@ def _theory_section(ctx: ReportContext) -> str:
 
 def _er_section(ctx: ReportContext) -> str:
     er = er_table(ctx.col.table)
-    if er.empty:
+    refusals = er_refusals(ctx.col.table)
+    if er.empty and not refusals:
         return ""
+    refused = "".join(f"<li>{html.escape(x)}</li>" for x in refusals)
+    if er.empty:
+        return f"<h2>Effective robustness</h2><ul>{refused}</ul>"
     return ("<h2>Effective robustness</h2><p>Observed OOD accuracy minus the OOD accuracy "
-            "predicted at the same ID accuracy by the line fitted (logit axes) to the SL models. "
+            "predicted at the same ID accuracy by the line fitted (logit axes) to the SL models, "
+            "where the SL baseline can carry a line (its ID accuracies span more than their noise "
+            "and the line's correlation is significant). "
             "Over seeds: mean, standard error and 95% t-interval per method and configuration.</p>"
+            + (f"<ul>{refused}</ul>" if refused else "")
             + _table_html(er_summary(er))
             + "<p>Per run (interval: the run's OOD Clopper-Pearson 95% interval minus the line's "
               "prediction):</p>" + _table_html(er))
@@ -308,6 +400,8 @@ def _testbed_section(ctx: ReportContext) -> str:
 def _results_section(ctx: ReportContext) -> str:
     col = ctx.col
     grouped = group_over_seeds(col.table, [k for k in col.varying if k in col.table.columns])
+    if not grouped.empty:  # accuracy intervals inside [0, 1]
+        grouped = grouped.assign(ci_low=grouped["ci_low"].clip(lower=0.0), ci_high=grouped["ci_high"].clip(upper=1.0))
     table = col.table.assign(run=[ctx.rel(r) for r in col.table["run"]]) if not col.table.empty else col.table
     return ("<h2>Results over seeds (mean, standard error, 95% t-interval)</h2>" + _table_html(grouped)
             + "<h2>All results (per run; ci: 95% Clopper-Pearson of the test accuracy)</h2>"
@@ -394,5 +488,5 @@ def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, *,
     return out
 
 
-__all__ = ["CLAIMS", "DEVIATION_SE", "SECTIONS", "ReportContext", "build_report", "er_summary",
+__all__ = ["CLAIMS", "DEVIATION_SE", "SECTIONS", "ReportContext", "build_report", "er_refusals", "er_summary",
            "er_table", "theory_deviations", "write_report"]

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         doc = (module.__doc__ or module.HELP).strip()
         p = sub.add_parser(
-            name, help=module.HELP, description=doc,
+            # argparse %-formats help strings: a literal % (as in "95% interval") is escaped
+            name, help=module.HELP.replace("%", "%%"), description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(p)

@@ -112,6 +112,10 @@ class DataModel2Config:
     sigma_spu: float = param(0.05, help="std of spurious features", check=nonnegative)
     pi_core: float = param(1.0, help="P(a visible detail is annotated in the caption)", check=probability)
     pi_spu: float = param(1.0, help="P(the spurious feature is annotated in the caption)", check=probability)
+    pi_shared: float | None = param(
+        None, help="if set, P(a visible *shared* detail -- one of more than one class -- is annotated), "
+        "instead of pi_core; the images, classes and prompts are unchanged (the sharing ablation)",
+    )
     input: InputSpace = field(default_factory=InputSpace)
 
     def details(self) -> tuple[int, list[list[int]]]:
@@ -147,6 +151,8 @@ class DataModel2Config:
                 raise ConfigError(
                     f"config key 'class_details[{k}]': detail index {bad[0]} outside [0, {self.num_details})"
                 )
+            if self.pi_shared is not None and not 0.0 <= self.pi_shared <= 1.0:
+                raise ConfigError(f"config key 'pi_shared': must be in [0, 1] or null; got {self.pi_shared}")
             if len(set(details)) != len(details):
                 raise ConfigError(f"config key 'class_details[{k}]': repeated detail index")
         patterns = {tuple(sorted(d)) for d in self.class_details}
@@ -283,9 +289,17 @@ class DataModel2(SyntheticDataModel):
                     comps.append(Component(w, y, mean, cov, name=f"y={y},a={a},details={present}"))
         return LatentMixture(comps, self.feature_names, K)
 
+    def shared_details(self) -> list[int]:
+        """The details that belong to more than one class."""
+        counts = np.bincount([j for d in self.class_details for j in d], minlength=self.num_details)
+        return [int(j) for j in np.flatnonzero(counts > 1)]
+
     def annotation_probs(self) -> np.ndarray:
         c = self.cfg
-        return np.array([c.pi_core] * self.num_details + [c.pi_spu] * c.num_classes)
+        details = np.full(self.num_details, c.pi_core)
+        if c.pi_shared is not None:
+            details[self.shared_details()] = c.pi_shared
+        return np.concatenate([details, np.full(c.num_classes, c.pi_spu)])
 
     def prompts(self) -> np.ndarray:
         c = self.cfg

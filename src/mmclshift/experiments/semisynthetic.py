@@ -35,6 +35,7 @@ from mmclshift.data.semisynthetic import (
     zero_shot_prompts,
 )
 from mmclshift.evaluate.semisynthetic import accuracy, predict, zero_shot_head
+from mmclshift.losses import intra_class_ablation_loss
 from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
 from mmclshift.report_text import format_table
 from mmclshift.runs import RunDir, check_run_dir, eval_records, seed_everything
@@ -48,7 +49,12 @@ from mmclshift.train.images import (
     train_loop,
 )
 
-METHODS = ("mmcl", "sl")
+#: the methods a run may train: MMCL (two towers, zero-shot), SL, and the intra-class ablation
+#: of Figure 3c (MMCL with the CLIP loss, the in-batch negatives of the anchor's own digit removed:
+#: ``losses.intra_class_ablation_loss`` on the digit labels -- at pi_core = 1 every caption names
+#: its digit, so these are also the captions' classes)
+METHODS = ("mmcl", "sl", "mmcl_no_intra")
+TWO_TOWER = ("mmcl", "mmcl_no_intra")
 FIGURE2_AXIS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the pi_core and pi_spu values of the demo's grid
 TEST_SPLITS = tuple(s for s in SPLIT_KINDS if s != "train")
 
@@ -76,7 +82,8 @@ class SemiSyntheticExperiment:
     threads: int = param(TIER_THREADS["semisynthetic"], help="torch CPU threads during the run (0: "
                          "leave torch's setting); 1 is fastest for the small CNN, above all on shared cores",
                          check=check_threads)
-    methods: list[str] = param(default_factory=lambda: list(METHODS), help="methods to train: mmcl, sl")
+    methods: list[str] = param(default_factory=lambda: ["mmcl", "sl"],
+                               help="methods to train: mmcl, sl, mmcl_no_intra (the intra-class ablation)")
     splits: list[str] = param(default_factory=lambda: list(TEST_SPLITS), help="test splits")
     data: SemiSyntheticDataConfig = field(default_factory=SemiSyntheticDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -89,6 +96,9 @@ class SemiSyntheticExperiment:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"config key 'methods': must be a non-empty list of {', '.join(METHODS)}; got {self.methods!r}")
+        if "mmcl_no_intra" in self.methods and self.mmcl.loss != "clip":
+            raise ConfigError("config key 'methods': mmcl_no_intra ablates the CLIP loss; it needs "
+                              f"mmcl.loss: clip (got {self.mmcl.loss!r})")
         bad = [s for s in self.splits if s not in TEST_SPLITS]
         if bad:
             raise ConfigError(f"config key 'splits': unknown split {bad[0]!r} (known: {', '.join(TEST_SPLITS)})")
@@ -143,6 +153,12 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
                                gen, method=method, device=device, progress=progress,
                                log=run.log_metrics, writer=writer,
                                after_step=clamp_logit_scale(model, cfg.mmcl))
+        elif method == "mmcl_no_intra":  # the digit label rides along as the tokens' last column
+            targets = torch.cat([train.tokens, train.labels.to(train.tokens.dtype)[:, None]], dim=1)
+            stats = train_loop(model, no_intra_loss_fn(model), images, targets, cfg.train,
+                               gen, method=method, device=device, progress=progress,
+                               log=run.log_metrics, writer=writer,
+                               after_step=clamp_logit_scale(model, cfg.mmcl))
         else:
             stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
                                method=method, device=device, progress=progress,
@@ -151,6 +167,16 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
         models[method] = model
         save_model(cfg, run, method, model)
     return finish_run(cfg, run, digits, data, models, throughput, t0, device, writer)
+
+
+def no_intra_loss_fn(model: TwoTowerModel) -> Any:
+    """CLIP's loss without same-class negatives, on targets = tokens with the label appended."""
+
+    def loss(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        tokens, labels = targets[:, :-1], targets[:, -1]
+        return intra_class_ablation_loss(model.image(x), model.text(tokens), model.logit_scale.exp(), labels)
+
+    return loss
 
 
 def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any) -> dict[str, Any]:
@@ -173,7 +199,7 @@ def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any) -> dict[st
 def new_model(cfg: SemiSyntheticExperiment, method: str, device: torch.device) -> torch.nn.Module:
     """A method's untrained model, initialised from the run's seed (equal for MMCL and SL)."""
     torch.manual_seed(cfg.seed)
-    if method == "mmcl":
+    if method in TWO_TOWER:
         return TwoTowerModel(cfg.model, len(VOCAB), MAX_CAPTION_LEN, init_temperature=cfg.mmcl.temperature,
                              learn_temperature=cfg.mmcl.learn_temperature).to(device)
     return SupervisedModel(cfg.model, NUM_CLASSES).to(device)
@@ -190,7 +216,7 @@ def finish_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, data: dic
     """Evaluate trained models, log the eval records and mark the run done."""
     records = []
     for method, model in models.items():
-        if method == "mmcl":
+        if method in TWO_TOWER:
             head = zero_shot_head(model, zero_shot_prompts(), device)
             encode, kwargs = model.image, {"head": head}
         else:

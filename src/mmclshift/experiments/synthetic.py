@@ -79,6 +79,10 @@ class _SyntheticBase:
             raise ConfigError("config key 'splits': needs at least one split")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"config key 'device': must be cpu or cuda[:N]; got {self.device!r}")
+        if self.mmcl.loss == "infonce" and self.mmcl.normalize and self.mmcl.embed_dim < 2:
+            raise ConfigError("config key 'mmcl.embed_dim': InfoNCE normalises the embeddings, so with "
+                              f"embed_dim {self.mmcl.embed_dim} every embedding is +-1 and nothing is "
+                              "learned; set mmcl.embed_dim=2 or more (or mmcl.normalize=false)")
 
     @property
     def effective_data_seed(self) -> int:
@@ -125,8 +129,17 @@ def split_test_seed(cfg: SyntheticExperiment, split: str) -> int:
     so runs at different parameter points are scored on independent test sets."""
     from mmclshift.config import to_dict
 
-    point = json.dumps(to_dict(cfg.data), sort_keys=True)
+    data = to_dict(cfg.data)
+    for key, default in _LATER_KEYS.items():  # at their default, as if absent: older test sets stand
+        if key in data and data[key] == default:
+            del data[key]
+    point = json.dumps(data, sort_keys=True)
     return _split_seed(cfg.effective_data_seed, f"{split}:{point}")
+
+
+#: data keys added after test seeds were first derived from the data config, with the default that
+#: leaves them out of it (so a config that does not use them keeps its test sets)
+_LATER_KEYS: dict[str, object] = {"pi_shared": None}
 
 
 def _dtype(cfg: SyntheticExperiment) -> torch.dtype:
