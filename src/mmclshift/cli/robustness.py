@@ -304,7 +304,13 @@ def run(args: argparse.Namespace) -> int:
         panels += p
     if not rows:
         where = " ".join([*args.run_dirs, *([args.table] if args.table else [])])
-        raise UserError(notes[0] if notes else f"no completed run under {where}")
+        if notes:
+            raise UserError(notes[0])
+        if "split" in table.columns and len(table):
+            found = ", ".join(sorted(map(str, set(table["split"]))))
+            raise UserError(f"no run under {where} has both an ID and an OOD test set to compare "
+                            f"(test sets found: {found}); see --id and --ood")
+        raise UserError(f"no completed run under {where}")
     wide = _wide(pd.DataFrame(rows), pairs, notes)
     if (table["kind"] == TABLE_KIND).any():
         notes.insert(0, "table rows carry no image counts: no Clopper-Pearson intervals")
