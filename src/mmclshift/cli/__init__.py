@@ -20,6 +20,7 @@ from mmclshift import __version__
 from mmclshift.cli import (
     claims,
     collect,
+    convergence,
     demo,
     grid,
     report,
@@ -42,6 +43,7 @@ COMMANDS: dict[str, ModuleType] = {
     "claims": claims,
     "sweep": sweep,
     "theory-map": theory_map,
+    "convergence": convergence,
 }
 
 
