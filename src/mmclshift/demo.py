@@ -33,6 +33,7 @@ from mmclshift.analysis.claims import (
     write_claims,
 )
 from mmclshift.analysis.collect import collect, group_over_seeds
+from mmclshift.analysis.convergence import budget_report
 from mmclshift.analysis.report import write_report
 from mmclshift.analysis.theory_map import describe, load_map, report_maps
 from mmclshift.config import apply_overrides, build_config, read_yaml, replace, to_dict
@@ -250,6 +251,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
                        title="Claims (statistic: mean over seeds; 95% t-interval over seeds)"))
     for name, reason in errors:
         print(error_line(name, reason))
+    print(budget_report(col.table))
     t2 = time.perf_counter()
     maps = report_maps(out / "theory-maps")  # closed forms only: recomputed, never stale
     for m in maps:

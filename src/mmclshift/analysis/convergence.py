@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,13 @@ class Convergence:
     runs: int
     subset: list[int] = field(default_factory=list)  # test images per split behind the curve points
     errors: list[tuple[str, str]] = field(default_factory=list)
+    pi_core: list[float] = field(default_factory=list)  # the grid's axes
+    pi_spu: list[float] = field(default_factory=list)
+    name: str = ""  # the runs' config name
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "runs": self.runs, "subset": self.subset,
+        return {"name": self.name, "pi_core": self.pi_core, "pi_spu": self.pi_spu,
+                "steps": self.steps, "runs": self.runs, "subset": self.subset,
                 "statistics": [c.to_json() for c in self.curves],
                 "errors": [{"statistic": n, "reason": r} for n, r in self.errors]}
 
@@ -160,40 +164,52 @@ def _settle(curve: StatisticCurve, tail: float) -> StatisticCurve:
     return curve
 
 
+def statistics(table: pd.DataFrame, claims: Sequence[str] = GRID_CLAIMS
+               ) -> tuple[dict[str, tuple[Point, str, float | None, str | None]], list[tuple[str, str]]]:
+    """The Figure 2 / 5 statistics of one grid table (``accuracy`` at one step):
+    ``{name: (point, description, threshold, direction)}`` and ``(name, reason)`` for those the
+    table cannot support. Points carry step 0 (the caller knows the step)."""
+    out: dict[str, tuple[Point, str, float | None, str | None]] = {}
+    errors: list[tuple[str, str]] = []
+    for name in claims:
+        claim = CLAIMS[name]
+        try:
+            r = evaluate_claim(claim, table)
+        except ClaimError as exc:
+            errors.append((name, str(exc)))
+            continue
+        out[name] = (Point(0, r.statistic, r.ci_low, r.ci_high, r.n_seeds), claim.statistic,
+                     claim.threshold, claim.direction)
+    g = table[table["method"] == "mmcl"]
+    for pc in sorted(g["data.pi_core"].dropna().unique()):
+        values = _range_by_core(table, pc)
+        if values:
+            iv = t_interval(values)
+            out[f"pi_spu_range@core{pc:g}"] = (
+                Point(0, iv.mean, iv.low, iv.high, iv.n),
+                f"max minus min over pi_spu of MMCL OOD accuracy at pi_core = {pc:g}", None, None)
+    return out, errors
+
+
 def convergence(paths: Sequence[str | Path], *, tail: float = DEFAULT_TAIL,
                 claims: Sequence[str] = GRID_CLAIMS) -> Convergence:
     """Each Figure 2 / 5 statistic of the grid under ``paths`` at every learning-curve step."""
     if not 0 < tail < 1:
         raise UserError(f"tail must be a fraction in (0, 1); got {tail}")
     steps, tables, subset = step_tables(paths)
-    curves: list[StatisticCurve] = []
-    errors: list[tuple[str, str]] = []
-    for name in claims:
-        claim = CLAIMS[name]
-        points = []
-        try:
-            for step in steps:
-                r = evaluate_claim(claim, tables[step])
-                points.append(Point(step, r.statistic, r.ci_low, r.ci_high, r.n_seeds))
-        except ClaimError as exc:
-            errors.append((name, str(exc)))
-            continue
-        curves.append(_settle(StatisticCurve(name, claim.statistic, points, threshold=claim.threshold,
-                                             direction=claim.direction), tail))
-    cores = sorted(tables[steps[-1]]["data.pi_core"].dropna().unique())
-    for pc in cores:
-        points = []
-        for step in steps:
-            values = _range_by_core(tables[step], pc)
-            if not values:
-                break
-            iv = t_interval(values)
-            points.append(Point(step, iv.mean, iv.low, iv.high, iv.n))
-        if len(points) == len(steps):
-            curves.append(_settle(StatisticCurve(
-                f"pi_spu_range@core{pc:g}", f"max minus min over pi_spu of MMCL OOD accuracy at pi_core = {pc:g}",
-                points), tail))
-    return Convergence(curves, steps, int(tables[steps[-1]]["run"].nunique()), subset, errors)
+    per_step = [statistics(tables[step], claims) for step in steps]
+    last, errors = per_step[-1]
+    curves = []
+    for name, (_, description, threshold, direction) in last.items():
+        if all(name in stats for stats, _ in per_step):
+            points = [Point(step, *astuple(stats[name][0])[1:]) for step, (stats, _) in zip(steps, per_step, strict=True)]
+            curves.append(_settle(StatisticCurve(name, description, points, threshold=threshold,
+                                                 direction=direction), tail))
+    final = tables[steps[-1]]
+    return Convergence(curves, steps, int(final["run"].nunique()), subset, errors,
+                       pi_core=sorted(float(v) for v in final["data.pi_core"].dropna().unique()),
+                       pi_spu=sorted(float(v) for v in final["data.pi_spu"].dropna().unique()),
+                       name=str(final["name"].iloc[0]))
 
 
 def _iv(p: Point) -> str:
@@ -242,6 +258,52 @@ def distance_lines(conv: Convergence) -> list[str]:
     return out
 
 
+#: the measured reference of the demo's grid: its statistics after a longer training (see
+#: docs/semisynthetic.md, "How many steps the statistics need")
+REFERENCE = Path(__file__).resolve().parents[3] / "results" / "fig2-smoke-budget" / "convergence.json"
+
+
+def budget_report(table: pd.DataFrame, reference: str | Path = REFERENCE) -> str:
+    """How far a grid's final Figure 2 statistics are from those of a longer training.
+
+    ``table``: collected runs (their final ``eval`` records); ``reference``: the JSON
+    ``mmclshift convergence --out`` wrote for a longer-trained grid of the same config name. The
+    grid's statistics are computed on the reference's pi_core x pi_spu values (its runs on other
+    values are left out, so both sides measure the same thing) and each is set beside the
+    reference's last value and interval. Returns "" when there is no reference for these runs.
+    """
+    path = Path(reference)
+    if not path.is_file():
+        return ""
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    g = grid_rows(table)
+    if g.empty or "name" not in g.columns or ref.get("name") not in set(g["name"]):
+        return ""
+    g = g[g["name"] == ref["name"]]
+    mm = g["method"] == "mmcl"
+    keep = ~mm | (g["data.pi_core"].isin(ref["pi_core"]) & g["data.pi_spu"].isin(ref["pi_spu"]))
+    g = g[keep]
+    steps = sorted({int(v) for v in g.loc[g["method"] == "mmcl", "step"].dropna()})
+    stats, _ = statistics(g)
+    last = ref["steps"][-1]
+    lines = [f"Budget: these runs' Figure 2 statistics (train.steps {', '.join(map(str, steps))}; pi_core "
+             f"{ref['pi_core']} x pi_spu {ref['pi_spu']}) against a {last}-step training of the same "
+             f"grid ({path.name}, {ref['runs']} runs):"]
+    for entry in ref["statistics"]:
+        name = entry["name"]
+        if name not in stats:
+            continue
+        here = stats[name][0]
+        p = entry["points"][-1]
+        inside = p["ci_low"] is not None and p["ci_low"] <= here.mean <= p["ci_high"]
+        ref_iv = (f"{p['mean']:+.3f}" if p["ci_low"] is None
+                  else f"{p['mean']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]")
+        lines.append(f"  {name}: {here.mean:+.3f} here, {ref_iv} at step {last} "
+                     f"({here.mean - p['mean']:+.3f}; {'inside' if inside else 'outside'} its interval"
+                     f"{'' if entry.get('stopped') else '; the reference itself was still moving'})")
+    return "\n".join(lines)
+
+
 def write_convergence(conv: Convergence, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(conv.to_json(), indent=1, default=_num) + "\n")
@@ -254,5 +316,5 @@ def _num(v: Any) -> Any:
     raise TypeError(type(v).__name__)
 
 
-__all__ = ["GRID_CLAIMS", "Convergence", "Point", "StatisticCurve", "convergence", "distance_lines",
+__all__ = ["GRID_CLAIMS", "REFERENCE", "budget_report", "Convergence", "Point", "StatisticCurve", "convergence", "distance_lines",
            "format_convergence", "step_tables", "summary_rows", "write_convergence"]
