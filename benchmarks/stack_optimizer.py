@@ -7,8 +7,8 @@ and minibatches, as in a grid). Both arms run :func:`mmclshift.train.stacked.tra
 the same cells from the same initial weights for ``--steps`` steps; they differ only in the
 optimiser: ``default`` (``torch.optim.AdamW``'s CPU implementation, one chain of elementwise ops
 per tensor) and ``fused`` (``fused=True``). Building the data and the models is outside the timers;
-one warm-up run of each arm is excluded; the arms alternate over ``--repeats``; min and median
-CPU seconds of the process per step are printed (``time.process_time``: with one
+:func:`mmclshift.timing.interleave` excludes a warm-up run of each arm and rotates the arms over
+``--repeats``; min and median CPU seconds of the process per step are printed (``time.process_time``: with one
 thread this is the time on a core of its own; wall clock on shared cores measures the other
 processes' load as much as the step).
 
@@ -20,7 +20,7 @@ at most about lr in size; rounding can at most change its sign), so the check is
 Evaluation: the CPU seconds to classify 1,000 test images with one cell's zero-shot head (what a
 learning-curve point costs per cell and split per 1,000 images).
 
-The last line is ``ratio: <median default seconds / median fused seconds>``.
+The last line is ``ratio: <median over repeats of default CPU seconds / fused CPU seconds>``.
 
     PYTHONPATH=src python benchmarks/stack_optimizer.py [--cells 12] [--steps 3] [--repeats 3]
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -39,6 +38,7 @@ from mmclshift.data.semisynthetic import build_splits, zero_shot_prompts
 from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
 from mmclshift.experiments import load_config
 from mmclshift.experiments.semisynthetic import new_model
+from mmclshift.timing import Stopwatch, column, interleave, load, ratios, summary
 from mmclshift.train.stacked import StackedCell, train_stacked
 
 FULL = "configs/fig2_mnist.yaml"
@@ -61,14 +61,14 @@ def build(cells: int, seeds: int, steps: int, dtype=torch.float32):
     return cfg, out, data
 
 
-def arm(cfg, cells, fused: bool, dtype=torch.float32) -> tuple[float, list[torch.nn.Module]]:
+def arm(cfg, cells, fused: bool, dtype=torch.float32) -> tuple[Stopwatch, list[torch.nn.Module]]:
     stack = []
     for c, tokens, images in cells:
         m = new_model(c, "mmcl", torch.device("cpu")).to(dtype)
         stack.append(StackedCell(m, images, tokens, c.seed + 1))
-    t = time.process_time()
-    train_stacked(stack, "mmcl", cfg.train, mmcl=cfg.mmcl, progress=False, fused=fused)
-    return time.process_time() - t, [s.model for s in stack]
+    with Stopwatch() as sw:
+        train_stacked(stack, "mmcl", cfg.train, mmcl=cfg.mmcl, progress=False, fused=fused)
+    return sw, [s.model for s in stack]
 
 
 def max_diff(a: list[torch.nn.Module], b: list[torch.nn.Module]) -> float:
@@ -88,17 +88,22 @@ def main() -> None:
     cfg, cells, data = build(args.cells, args.seeds, args.steps)
     print(f"{args.cells} cells of {FULL}'s architecture, {args.steps} steps per run, "
           f"{args.threads} thread(s), torch {torch.__version__}")
-    arm(cfg, cells, False)  # warm-up, excluded
-    arm(cfg, cells, True)
-    times: dict[str, list[float]] = {"default": [], "fused": []}
-    models = {}
-    for _ in range(args.repeats):
-        for name, fused in (("default", False), ("fused", True)):
-            t, models[name] = arm(cfg, cells, fused)
-            times[name].append(t / args.steps)
-    for name, ts in times.items():
-        print(f"{name:8s} CPU s/step  min {min(ts):.3f}  median {statistics.median(ts):.3f}  "
-              f"({', '.join(f'{t:.3f}' for t in ts)})")
+    models: dict[str, list[torch.nn.Module]] = {}
+
+    def run(name: str, fused: bool):
+        def one(r: int) -> dict[str, float]:
+            sw, trained = arm(cfg, cells, fused)
+            if r >= 0:
+                models[name] = trained
+            return {"cpu": sw.cpu / args.steps, "wall": sw.wall / args.steps}
+        return one
+
+    times = interleave({"default": run("default", False), "fused": run("fused", True)}, args.repeats)
+    for name in times:
+        print(summary(f"{name} CPU s/step", column(times[name], "cpu")))
+    per = ratios(column(times["fused"], "cpu"), column(times["default"], "cpu"), higher_is_better=False)
+    wall = ratios(column(times["fused"], "wall"), column(times["default"], "wall"), higher_is_better=False)
+    print(f"wall-clock ratio: median {statistics.median(wall):.3f} (load {load():.2f})")
     diff = max_diff(models["default"], models["fused"])
     bound = 2 * cfg.train.lr * args.steps
     print(f"float32: largest parameter difference {diff:.2e} (bound 2 lr steps = {bound:.1e}): "
@@ -117,11 +122,11 @@ def main() -> None:
     predict(model.image, images, torch.device("cpu"), head=head)  # warm-up
     evals = []
     for _ in range(args.repeats):
-        t = time.process_time()
-        predict(model.image, images, torch.device("cpu"), head=head)
-        evals.append(time.process_time() - t)
+        with Stopwatch() as sw:
+            predict(model.image, images, torch.device("cpu"), head=head)
+        evals.append(sw.cpu)
     print(f"eval: {statistics.median(evals):.3f} CPU s per 1,000 images per cell (median; min {min(evals):.3f})")
-    print(f"ratio: {statistics.median(times['default']) / statistics.median(times['fused']):.3f}")
+    print(f"ratio: {statistics.median(per):.3f}")
 
 
 if __name__ == "__main__":
