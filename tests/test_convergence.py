@@ -9,13 +9,20 @@ MMCL minus SL at pi_core = 1 is ``0.3 + r(1) / 2 - 0.005 seed`` (SL OOD ``0.4 + 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 from scipy import stats
 
-from mmclshift.analysis.convergence import convergence, distance_lines, format_convergence
+from mmclshift.analysis.collect import collect
+from mmclshift.analysis.convergence import (
+    budget_report,
+    convergence,
+    distance_lines,
+    format_convergence,
+)
 from mmclshift.cli import main
 from mmclshift.experiments import load_config
 from mmclshift.experiments.semisynthetic import grid_cells
@@ -119,3 +126,23 @@ def test_runs_without_curves_are_refused_in_one_line(tmp_path, capsys):
     assert main(["convergence", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no learning curves" in err[0]
+
+
+def test_budget_report_against_a_reference(grid, tmp_path, capsys):
+    ref = tmp_path / "ref.json"
+    assert main(["convergence", str(grid), "--out", str(ref)]) == 0
+    capsys.readouterr()
+    # the same runs against themselves: every statistic equal to the reference's last value
+    assert main(["convergence", str(grid), "--against", str(ref)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mid = next(line for line in lines if line.strip().startswith("pi_spu_minor_mid_core:"))
+    assert "+0.110 here, +0.110 [" in mid and "(+0.000; inside its interval)" in mid
+    top = next(line for line in lines if line.strip().startswith("pi_spu_minor:"))
+    assert "the reference itself was still moving" in top  # FALLING has not settled
+    # a reference whose pi_spu values are a subset: the runs are measured on those values only
+    data = json.loads(ref.read_text())
+    data["pi_spu"] = [0.0]
+    ref.write_text(json.dumps(data))
+    text = budget_report(collect([grid]).table, ref)
+    assert "pi_spu_range@core1" not in text  # one pi_spu value: no range
+    assert "mmcl_beats_sl_ood: +0.290 here" in text  # 0.7 - (0.4 + 0.01 seed) at pi_spu = 0, mean

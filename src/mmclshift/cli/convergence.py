@@ -7,22 +7,32 @@ pi_core, and per statistic: the step since which every later mean lies inside th
 (settled since), whether that is no later than the start of the last TAIL of training (stopped
 moving), and how far it moved over that tail (drift). With --out, writes the same as JSON.
 
+Within one run the learning rate decays to 0 (cosine), so every statistic slows down at the end
+of any budget: settling within a run says the run has done what its schedule allows, not that a
+longer budget would give the same values. --against REF_JSON compares budgets: these runs' final
+statistics beside a longer-trained grid's (measured on the reference's pi values).
+
 Example:
   mmclshift convergence runs/fig2-smoke
   mmclshift convergence runs/demo/semisynthetic --tail 0.5 --out runs/demo/convergence.json
+  mmclshift convergence runs/demo/semisynthetic --against results/fig2-smoke-budget/convergence.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from mmclshift.analysis.collect import collect
 from mmclshift.analysis.convergence import (
     DEFAULT_TAIL,
+    budget_report,
     convergence,
     format_convergence,
     write_convergence,
 )
+from mmclshift.errors import UserError
 
 HELP = "a grid's Figure 2 statistics against training steps: settled or still moving"
 
@@ -34,9 +44,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"settled to count as stopped (default {DEFAULT_TAIL})")
     parser.add_argument("--out", default=None, help="also write the curves and verdicts to this JSON file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--against", default=None, metavar="REF_JSON",
+                        help="instead: set these runs' final statistics beside those of a longer "
+                             "training of the same grid (a JSON this command wrote with --out)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.against:
+        if not Path(args.against).is_file():
+            raise UserError(f"{args.against}: no such reference file")
+        text = budget_report(collect(args.run_dirs).table, args.against)
+        if not text:
+            raise UserError(f"{args.against}: a reference for another grid (config name) than these runs")
+        print(text)
+        return 0
     conv = convergence(args.run_dirs, tail=args.tail)
     if args.json:
         print(json.dumps(conv.to_json(), indent=1))
