@@ -146,3 +146,8 @@ def test_budget_report_against_a_reference(grid, tmp_path, capsys):
     text = budget_report(collect([grid]).table, ref)
     assert "pi_spu_range@core1" not in text  # one pi_spu value: no range
     assert "mmcl_beats_sl_ood: +0.290 here" in text  # 0.7 - (0.4 + 0.01 seed) at pi_spu = 0, mean
+    # a reference of another setting (here: another spurious strength) is not these runs' reference
+    data["setting"]["data.spurious_strength"] = 0.5
+    ref.write_text(json.dumps(data))
+    assert budget_report(collect([grid]).table, ref) == ""
+    assert main(["convergence", str(grid), "--against", str(ref)]) == 2

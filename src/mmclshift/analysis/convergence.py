@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from mmclshift.analysis.claims import CLAIMS, ClaimError, evaluate_claim
-from mmclshift.analysis.collect import collect, grid_rows
+from mmclshift.analysis.collect import collect, flatten, grid_rows
 from mmclshift.analysis.stats import t_interval
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import atomic_write_text, read_metrics
+from mmclshift.runs import CONFIG_FILE, atomic_write_text, read_metrics, run_identity
 
 #: the claims about the Figure 2 / 5 grid whose statistics are followed over training
 GRID_CLAIMS = ("mmcl_beats_sl_ood", "pi_core_matters", "pi_spu_minor", "pi_spu_minor_mid_core", "mmcl_id_on_par")
@@ -87,9 +88,10 @@ class Convergence:
     pi_core: list[float] = field(default_factory=list)  # the grid's axes
     pi_spu: list[float] = field(default_factory=list)
     name: str = ""  # the runs' config name
+    setting: dict[str, Any] = field(default_factory=dict)  # :func:`grid_setting` of the runs
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "pi_core": self.pi_core, "pi_spu": self.pi_spu,
+        return {"name": self.name, "setting": self.setting, "pi_core": self.pi_core, "pi_spu": self.pi_spu,
                 "steps": self.steps, "runs": self.runs, "subset": self.subset,
                 "statistics": [c.to_json() for c in self.curves],
                 "errors": [{"statistic": n, "reason": r} for n, r in self.errors]}
@@ -209,7 +211,8 @@ def convergence(paths: Sequence[str | Path], *, tail: float = DEFAULT_TAIL,
     return Convergence(curves, steps, int(final["run"].nunique()), subset, errors,
                        pi_core=sorted(float(v) for v in final["data.pi_core"].dropna().unique()),
                        pi_spu=sorted(float(v) for v in final["data.pi_spu"].dropna().unique()),
-                       name=str(final["name"].iloc[0]))
+                       name=str(final["name"].iloc[0]),
+                       setting=grid_setting(final.loc[final["method"] == "mmcl", "run"].iloc[0]))
 
 
 def _iv(p: Point) -> str:
@@ -258,6 +261,20 @@ def distance_lines(conv: Convergence) -> list[str]:
     return out
 
 
+#: config keys that may differ between a grid and its reference (the budget, the curves, the grid's
+#: cell, seed and method, and which test splits are evaluated)
+_BUDGET_FREE = ("seed", "name", "methods", "splits", "grid", "data.pi_core", "data.pi_spu", "train.steps",
+                "train.eval_every", "train.eval_subset", "train.checkpoint_every", "train.log_every")
+
+
+def grid_setting(run: str | Path) -> dict[str, Any]:
+    """What a grid run's config fixes besides its budget, cell and seed (flattened identity)."""
+    data = yaml.safe_load((Path(run) / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    flat = flatten(run_identity(data))
+    return {k: v for k, v in flat.items()
+            if not any(k == f or k.startswith(f + ".") for f in _BUDGET_FREE)}
+
+
 #: the measured reference of the demo's grid: its statistics after a longer training (see
 #: docs/semisynthetic.md, "How many steps the statistics need")
 REFERENCE = Path(__file__).resolve().parents[3] / "results" / "fig2-smoke-budget" / "convergence.json"
@@ -270,7 +287,9 @@ def budget_report(table: pd.DataFrame, reference: str | Path = REFERENCE) -> str
     ``mmclshift convergence --out`` wrote for a longer-trained grid of the same config name. The
     grid's statistics are computed on the reference's pi_core x pi_spu values (its runs on other
     values are left out, so both sides measure the same thing) and each is set beside the
-    reference's last value and interval. Returns "" when there is no reference for these runs.
+    reference's last value and interval. Returns "" when there is no reference for these runs
+    (none, another config name, or another setting: :func:`grid_setting` must match, so only the
+    budget, the curves, the cells, seeds and evaluated splits may differ).
     """
     path = Path(reference)
     if not path.is_file():
@@ -281,6 +300,8 @@ def budget_report(table: pd.DataFrame, reference: str | Path = REFERENCE) -> str
         return ""
     g = g[g["name"] == ref["name"]]
     mm = g["method"] == "mmcl"
+    if ref.get("setting") != grid_setting(g.loc[mm, "run"].iloc[0]):
+        return ""  # another data construction, model or optimisation: not this grid's reference
     keep = ~mm | (g["data.pi_core"].isin(ref["pi_core"]) & g["data.pi_spu"].isin(ref["pi_spu"]))
     g = g[keep]
     steps = sorted({int(v) for v in g.loc[g["method"] == "mmcl", "step"].dropna()})
@@ -301,7 +322,7 @@ def budget_report(table: pd.DataFrame, reference: str | Path = REFERENCE) -> str
         lines.append(f"  {name}: {here.mean:+.3f} here, {ref_iv} at step {last} "
                      f"({here.mean - p['mean']:+.3f}; {'inside' if inside else 'outside'} its interval"
                      f"{'' if entry.get('stopped') else '; the reference itself was still moving'})")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def write_convergence(conv: Convergence, path: str | Path) -> Path:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.against}: no such reference file")
         text = budget_report(collect(args.run_dirs).table, args.against)
         if not text:
-            raise UserError(f"{args.against}: a reference for another grid (config name) than these runs")
+            raise UserError(f"{args.against}: a reference for another grid (config name or setting) than these runs")
         print(text)
         return 0
     conv = convergence(args.run_dirs, tail=args.tail)
