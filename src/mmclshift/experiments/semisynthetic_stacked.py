@@ -8,6 +8,15 @@ checkpoints, ``done``); its ``done`` summary adds ``stacked_cells``, the size of
 
 Runs that cannot be stacked (another image or text tower) are left to the one-at-a-time loop;
 the reason is printed once per stack and their number returned, so callers can count them.
+
+With ``train.checkpoint_every``, each run of a stack writes ``checkpoints/stack-<method>-step<N>.pt``
+(its slice of the stack's state, see :func:`mmclshift.train.stacked.train_stacked`) every N steps;
+once all runs hold step N, older files but the last two are deleted. A rerun resumes the stack
+from the latest step all its unfinished runs hold (:func:`resume_step`), appending a ``resume``
+marker to each run's metrics (the marker single runs write, so
+:func:`mmclshift.runs.read_metrics` drops the ``train`` records logged after the checkpoint); a
+finished run deletes its stack checkpoints. With ``train.eval_every``, each run logs learning-curve
+points (:func:`mmclshift.experiments.semisynthetic.log_curve`).
 """
 
 from __future__ import annotations
