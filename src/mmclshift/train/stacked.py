@@ -237,7 +237,7 @@ def _groups(cells: Sequence[StackedCell]) -> list[list[int]]:
 def stack_optimizer(params: list[torch.Tensor], cfg: TrainConfig, *, fused: bool = True) -> torch.optim.Optimizer:
     """The stack's optimiser: ``cfg.optimizer`` over the stacked tensors; AdamW and Adam with
     ``fused=True`` (one kernel per tensor instead of a chain of elementwise ops; a whole stacked
-    step of 36 full-MNIST cells measured 1.07-1.12x faster in CPU time, see
+    step of 36 full-MNIST cells measured 1.07x faster (CPU and wall clock), see
     benchmarks/stack_optimizer.py; the same update up to float rounding). SGD as
     :func:`~mmclshift.train.images.make_optimizer` builds it."""
     if fused and cfg.optimizer in ("adam", "adamw"):
