@@ -188,3 +188,34 @@ def test_cli_train_and_grid(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "y").exists()
+
+
+def _curve_meets_eval(run_dir: Path, steps: list[int]) -> None:
+    """Learning-curve points at ``steps``; on the whole test splits (eval_subset 0) the last point
+    is the final evaluation itself."""
+    recs = read_metrics(run_dir)
+    curves = {(r["method"], r["split"], r["step"]): r for r in recs if r["event"] == "curve"}
+    evals = [r for r in recs if r["event"] == "eval"]
+    assert evals and sorted({k[2] for k in curves}) == steps
+    for e in evals:
+        c = curves[(e["method"], e["split"], steps[-1])]
+        assert (c["correct"], c["n"]) == (e["correct"], e["n"])
+
+
+def test_learning_curves_single_run_and_stacked_grid(tmp_path):
+    cfg = _tiny("train.steps=10", "train.eval_every=4", "train.eval_subset=0", "splits=[id,ood]")
+    run_experiment(cfg, tmp_path / "one", progress=False)
+    _curve_meets_eval(tmp_path / "one", [4, 8, 10])
+    grid = replace(cfg, **{"grid.pi_core": [1.0], "grid.pi_spu": [0.0, 1.0], "grid.seeds": [0]})
+    assert run_grid(grid, tmp_path / "grid", progress=False)["stacked"] == 2  # the two MMCL cells
+    for name in ("mmcl-core1-spu0-seed0", "mmcl-core1-spu1-seed0", "sl-seed0"):
+        _curve_meets_eval(tmp_path / "grid" / name, [4, 8, 10])
+
+
+def test_curve_subset_is_fixed_and_sorted():
+    from mmclshift.experiments.semisynthetic import curve_subset
+
+    a = curve_subset(1000, 100)
+    assert torch.equal(a, curve_subset(1000, 100)) and len(a) == 100 == len(set(a.tolist()))
+    assert torch.equal(a, a.sort().values) and int(a.max()) < 1000
+    assert torch.equal(curve_subset(50, 0), torch.arange(50)) and torch.equal(curve_subset(50, 80), torch.arange(50))

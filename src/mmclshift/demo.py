@@ -34,6 +34,7 @@ from mmclshift.analysis.claims import (
     write_claims,
 )
 from mmclshift.analysis.collect import collect, group_over_seeds
+from mmclshift.analysis.convergence import budget_report
 from mmclshift.analysis.decide import describe_open
 from mmclshift.analysis.report import write_report
 from mmclshift.analysis.theory_map import describe, load_map, report_maps
@@ -266,6 +267,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
         print(error_line(name, reason))
     for line in describe_open(results):  # what more seeds would decide (mmclshift claims --decide)
         print(f"open: {line}")
+    print(budget_report(col.table))
     t2 = time.perf_counter()
     maps = report_maps(out / "theory-maps")  # closed forms only: recomputed, never stale
     for m in maps:

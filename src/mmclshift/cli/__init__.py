@@ -25,6 +25,7 @@ from mmclshift import __version__
 from mmclshift.cli import (
     claims,
     collect,
+    convergence,
     demo,
     grid,
     report,
@@ -55,6 +56,7 @@ COMMANDS: dict[str, ModuleType] = {
     "claims": claims,
     "sweep": sweep,
     "theory-map": theory_map,
+    "convergence": convergence,
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,17 +153,20 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
             stats = train_loop(model, mmcl_loss_fn(model, cfg.mmcl), images, train.tokens, cfg.train,
                                gen, method=method, device=device, progress=progress,
                                log=run.log_metrics, writer=writer,
-                               after_step=clamp_logit_scale(model, cfg.mmcl))
+                               after_step=_after_step(cfg, run, data, method, model, device,
+                                                       clamp_logit_scale(model, cfg.mmcl)))
         elif method == "mmcl_no_intra":  # the digit label rides along as the tokens' last column
             targets = torch.cat([train.tokens, train.labels.to(train.tokens.dtype)[:, None]], dim=1)
             stats = train_loop(model, no_intra_loss_fn(model), images, targets, cfg.train,
                                gen, method=method, device=device, progress=progress,
                                log=run.log_metrics, writer=writer,
-                               after_step=clamp_logit_scale(model, cfg.mmcl))
+                               after_step=_after_step(cfg, run, data, method, model, device,
+                                                      clamp_logit_scale(model, cfg.mmcl)))
         else:
             stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
                                method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer)
+                               log=run.log_metrics, writer=writer,
+                               after_step=_after_step(cfg, run, data, method, model, device))
         throughput[method] = stats["samples_per_s"]
         models[method] = model
         save_model(cfg, run, method, model)
@@ -179,12 +183,15 @@ def no_intra_loss_fn(model: TwoTowerModel) -> Any:
     return loss
 
 
-def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any) -> dict[str, Any]:
-    """Seed, build the run's splits and log its ``data`` record (the first part of a run)."""
+def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, *, log: bool = True) -> dict[str, Any]:
+    """Seed, build the run's splits and log its ``data`` record (the first part of a run; a run
+    resumed from a checkpoint has logged it already: ``log=False``)."""
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = build_splits(digits, cfg.data, cfg.seed, cfg.splits)
     train = data["train"]
+    if not log:
+        return data
     run.log_metrics({
         "event": "data", **digits.describe(), "n_train_used": len(train),
         "spurious": cfg.data.spurious, "spurious_strength": cfg.data.spurious_strength,
@@ -210,17 +217,65 @@ def save_model(cfg: SemiSyntheticExperiment, run: RunDir, method: str, model: to
         run.save_checkpoint({"state_dict": model.state_dict(), "method": method}, f"{method}.pt")
 
 
+def _classifier(method: str, model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(encoder, predict keyword arguments) that classify digits: zero-shot for MMCL, the head for SL."""
+    if method in TWO_TOWER:
+        with torch.no_grad():
+            head = zero_shot_head(model, zero_shot_prompts(), device)
+        return model.image, {"head": head}
+    return model, {}
+
+
+def curve_subset(n: int, size: int) -> torch.Tensor:
+    """The fixed test subset of the learning curves: ``size`` of ``n`` indices drawn with seed 0
+    (sorted; all ``n`` when ``size`` is 0 or at least ``n``)."""
+    if size <= 0 or size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:size].sort().values
+
+
+def log_curve(cfg: SemiSyntheticExperiment, run: RunDir, data: dict[str, Any], method: str,
+              model: torch.nn.Module, step: int, device: torch.device) -> None:
+    """Log one learning-curve point: ``curve`` records (accuracy on each test split's fixed subset
+    of ``train.eval_subset`` images, see :func:`curve_subset`) after ``step`` training steps."""
+    encode, kwargs = _classifier(method, model, device)
+    for split in cfg.splits:
+        test = data[split]
+        idx = curve_subset(len(test.labels), cfg.train.eval_subset)
+        acc, correct, n = accuracy(predict(encode, test.images[idx], device, **kwargs), test.labels[idx])
+        run.log_metrics({"event": "curve", "method": method, "split": split, "step": step,
+                         "accuracy": acc, "correct": correct, "n": n, "subset": cfg.train.eval_subset})
+    model.train()
+
+
+def _after_step(cfg: SemiSyntheticExperiment, run: RunDir, data: dict[str, Any], method: str,
+                model: torch.nn.Module, device: torch.device,
+                then: Callable[[], None] | None = None) -> Callable[[], None] | None:
+    """``train_loop``'s per-step hook: ``then`` and, every ``train.eval_every`` steps and after the
+    last, a learning-curve point (:func:`log_curve`)."""
+    every = cfg.train.eval_every
+    if not every:
+        return then
+    done = 0
+
+    def hook() -> None:
+        nonlocal done
+        if then is not None:
+            then()
+        done += 1
+        if done % every == 0 or done == cfg.train.steps:
+            log_curve(cfg, run, data, method, model, done, device)
+
+    return hook
+
+
 def finish_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, data: dict[str, Any],
                models: dict[str, Any], throughput: dict[str, float], t0: float, device: torch.device,
                writer: Any, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Evaluate trained models, log the eval records and mark the run done."""
     records = []
     for method, model in models.items():
-        if method in TWO_TOWER:
-            head = zero_shot_head(model, zero_shot_prompts(), device)
-            encode, kwargs = model.image, {"head": head}
-        else:
-            encode, kwargs = model, {}
+        encode, kwargs = _classifier(method, model, device)
         for split in cfg.splits:
             test = data[split]
             acc, correct, n = accuracy(predict(encode, test.images, device, **kwargs), test.labels)

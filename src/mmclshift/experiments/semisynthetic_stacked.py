@@ -8,6 +8,15 @@ checkpoints, ``done``); its ``done`` summary adds ``stacked_cells``, the size of
 
 Runs that cannot be stacked (another image or text tower) are left to the one-at-a-time loop;
 the reason is printed once per stack and their number returned, so callers can count them.
+
+With ``train.checkpoint_every``, each run of a stack writes ``checkpoints/stack-<method>-step<N>.pt``
+(its slice of the stack's state, see :func:`mmclshift.train.stacked.train_stacked`) every N steps;
+once all runs hold step N, older files but the last two are deleted. A rerun resumes the stack
+from the latest step all its unfinished runs hold (:func:`resume_step`), appending a ``resume``
+marker to each run's metrics (the marker single runs write, so
+:func:`mmclshift.runs.read_metrics` drops the ``train`` records logged after the checkpoint); a
+finished run deletes its stack checkpoints. With ``train.eval_every``, each run logs learning-curve
+points (:func:`mmclshift.experiments.semisynthetic.log_curve`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ import torch
 
 from mmclshift.config import to_dict
 from mmclshift.data.digits import load_digits
+from mmclshift.errors import UserError
 from mmclshift.experiments import semisynthetic as semi
-from mmclshift.runs import RunDir
+from mmclshift.runs import CHECKPOINT_DIR, RunDir, check_run_dir, identity_hash, load_checkpoint
 from mmclshift.threads import torch_threads
 from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reason
 
@@ -89,6 +99,44 @@ def train_cells_stacked(cells: list[tuple[str, semi.SemiSyntheticExperiment]], o
     return report
 
 
+CHECKPOINT_PREFIX = "stack-"
+KEEP_CHECKPOINTS = 2
+
+
+def _checkpoint_name(method: str, step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{method}-step{step:07d}.pt"
+
+
+def stack_checkpoints(run_dir: Path, method: str) -> dict[int, Path]:
+    """A cell's mid-training stack checkpoints ``{completed steps: file}``."""
+    out: dict[int, Path] = {}
+    pattern = f"{CHECKPOINT_PREFIX}{method}-step*.pt"
+    for f in (run_dir / CHECKPOINT_DIR).glob(pattern):
+        digits = f.name[len(f"{CHECKPOINT_PREFIX}{method}-step"):-3]
+        if digits.isdigit():
+            out[int(digits)] = f
+    return out
+
+
+def _remove_checkpoints(run_dir: Path, method: str, keep: int = 0) -> None:
+    """Delete a cell's stack checkpoints but the ``keep`` latest."""
+    found = stack_checkpoints(run_dir, method)
+    for step in sorted(found)[: max(0, len(found) - keep)]:
+        found[step].unlink(missing_ok=True)
+
+
+def resume_step(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, method: str) -> int:
+    """The latest step at which every member run (unfinished, same config) has a stack checkpoint
+    (0: none, the stack starts from its first step)."""
+    common: set[int] | None = None
+    for name, cfg in members:
+        if check_run_dir(out / name, cfg) != "partial":
+            return 0
+        steps = {s for s in stack_checkpoints(out / name, method) if 0 < s < cfg.train.steps}
+        common = steps if common is None else common & steps
+    return max(common) if common else 0
+
+
 def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: Path, method: str,
                  progress: bool, position: int | None = None, label: str = "") -> None:
     cfg0 = members[0][1]
@@ -96,6 +144,10 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
     if device.type == "cuda" and not torch.cuda.is_available():
         raise semi.ConfigError(f"config key 'device': {cfg0.device} requested but CUDA is not available")
     digits = {cfg.data.root: load_digits(cfg.data.root) for _, cfg in members}  # before any run dir
+    start = resume_step(members, out, method)
+    states = None
+    if start:  # every member's state at that step (a bad file: one line naming it, nothing lost)
+        states = [_load_state(out / name, cfg, method, start) for name, cfg in members]
     with torch_threads(cfg0.threads):
         runs: list[RunDir] = []
         writers: list[Any] = []
@@ -103,10 +155,15 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
             t0 = time.perf_counter()
             prepared, shared = [], {}
             for name, cfg in members:
-                run = RunDir.create(out / name, cfg, seed=cfg.seed, device=str(device))
+                run = RunDir.create(out / name, cfg, seed=cfg.seed, device=str(device), resume=bool(start))
+                if not start:
+                    _remove_checkpoints(run.path, method)  # an abandoned attempt's
                 runs.append(run)
                 writers.append(semi._tensorboard(run.path))
-                data = semi.start_run(cfg, run, digits[cfg.data.root])
+                data = semi.start_run(cfg, run, digits[cfg.data.root], log=not start)
+                if start:  # the train records after the checkpoint are superseded (runs.read_metrics)
+                    run.log_metrics({"event": "resume", "method": method, "step": start - 1,
+                                     "steps_done": start, "stacked_cells": len(members)})
                 for split in data.values():  # runs of one seed share their images: keep one copy
                     key = (cfg.seed, split.name, tuple(split.images.shape))
                     kept = shared.setdefault(key, split.images)
@@ -114,7 +171,8 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                         split.images = kept
                 prepared.append(data)
             if progress and position is None:
-                print(f"[grid] training {len(members)} {method} runs as one stacked model", flush=True)
+                what = f" from step {start}" if start else ""
+                print(f"[grid] training {len(members)} {method} runs as one stacked model{what}", flush=True)
             cells = []
             for (_, cfg), run, writer, data in zip(members, runs, writers, prepared, strict=True):
                 train = data["train"]
@@ -122,15 +180,30 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                 cells.append(StackedCell(semi.new_model(cfg, method, device), images,
                                          train.tokens if method == "mmcl" else train.labels,
                                          cfg.seed + 1, _logger(run, writer)))
+
+            def save(step: int, cell_states: list[dict[str, Any]]) -> None:
+                for (_, cfg), run, st in zip(members, runs, cell_states, strict=True):
+                    run.save_checkpoint({**st, "method": method, "identity": identity_hash(cfg)},
+                                        _checkpoint_name(method, step))
+                for run in runs:  # only once every cell holds this step
+                    _remove_checkpoints(run.path, method, keep=KEEP_CHECKPOINTS)
+
+            def evaluate(step: int) -> None:
+                for (_, cfg), run, data, cell in zip(members, runs, prepared, cells, strict=True):
+                    semi.log_curve(cfg, run, data, method, cell.model, step, device)
+
             stats = train_stacked(cells, method, cfg0.train, mmcl=cfg0.mmcl, device=device,
                                   progress=progress, desc=f"{label}train {method} x{len(cells)}",
-                                  position=position)
+                                  position=position, states=states,
+                                  save=save if cfg0.train.checkpoint_every else None,
+                                  evaluate=evaluate if cfg0.train.eval_every else None)
             for (_, cfg), run, writer, data, cell, st in zip(members, runs, writers, prepared, cells, stats,
                                                               strict=True):
                 semi.save_model(cfg, run, method, cell.model)
                 semi.finish_run(cfg, run, digits[cfg.data.root], data, {method: cell.model},
                                 {method: st["samples_per_s"]}, t0, device, writer,
-                                summary={"stacked_cells": len(cells)})
+                                summary={"stacked_cells": len(cells), "resumed_from_step": start})
+                _remove_checkpoints(run.path, method)  # finished: its final state is the result
         except BaseException as exc:
             for run in runs:
                 if not run.done:
@@ -142,4 +215,13 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                     writer.close()
 
 
-__all__ = ["StackReport", "train_cells_stacked"]
+def _load_state(run_dir: Path, cfg: semi.SemiSyntheticExperiment, method: str, step: int) -> dict[str, Any]:
+    path = stack_checkpoints(run_dir, method)[step]
+    state = load_checkpoint(path)
+    if state.get("identity") != identity_hash(cfg) or state.get("method") != method:
+        raise UserError(f"{path}: a checkpoint of another config or method; move it aside to "
+                        "train this run from its first step")
+    return state
+
+
+__all__ = ["StackReport", "resume_step", "stack_checkpoints", "train_cells_stacked"]

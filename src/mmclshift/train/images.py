@@ -44,6 +44,13 @@ class TrainConfig:
     augment: bool = param(True, help="random translations of the training images")
     max_shift: int = param(2, help="largest translation in pixels", check=nonnegative)
     log_every: int = param(50, help="log the training loss every this many steps", check=positive)
+    checkpoint_every: int = param(0, help="stacked grids: checkpoint every cell of a stack every this "
+                                  "many steps, so a rerun resumes there (0: never)", check=nonnegative)
+    eval_every: int = param(0, help="evaluate every this many steps (and at the end) on a fixed test "
+                            "subset, logging learning curves as 'curve' records (0: never)",
+                            check=nonnegative)
+    eval_subset: int = param(1000, help="test images per split for the learning curves: a fixed "
+                             "random subset (seed 0) of each test split (0: all)", check=nonnegative)
 
 
 @dataclass
