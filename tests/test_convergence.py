@@ -3,7 +3,8 @@
 The grid's run directories are real (created from the grid's configs) but their records are
 written by hand: MMCL OOD accuracy ``0.1 + 0.6 pi_core`` at pi_spu = 0 and that plus
 ``r(pi_core, step) + 0.01 seed`` at pi_spu = 1, so every statistic has a closed form: the range
-over pi_spu at pi_core is ``r + 0.01 seed`` per seed, pi_core_matters is ``0.6 + r(1) / 2``, and
+over pi_spu at pi_core is ``r + 0.01 seed`` per seed, pi_core_dose_response (1 vs 0.5, the smallest
+pi_core above 0) is ``0.3 + (r(1) - r(0.5)) / 2``, and
 MMCL minus SL at pi_core = 1 is ``0.3 + r(1) / 2 - 0.005 seed`` (SL OOD ``0.4 + 0.01 seed``).
 """
 
@@ -79,9 +80,9 @@ def test_statistics_at_every_step_match_their_closed_forms(grid):
     assert conv.steps == STEPS and conv.runs == 3 * 6 + 3 and conv.subset == [100]
     by = {c.name: c for c in conv.curves}
     for i, step in enumerate(STEPS):
-        assert by["pi_core_matters"].points[i].mean == pytest.approx(0.6 + FALLING[step] / 2)
+        assert by["pi_core_dose_response"].points[i].mean == pytest.approx(0.3 + (FALLING[step] - PLATEAU[step]) / 2)
         assert by["mmcl_beats_sl_ood"].points[i].mean == pytest.approx(0.3 + FALLING[step] / 2 - 0.005)
-        assert by["mmcl_id_on_par"].points[i].mean == pytest.approx(0.0)
+        assert by["mmcl_id_equivalent"].points[i].mean == pytest.approx(0.0)
         for name, r in (("pi_spu_minor", FALLING), ("pi_spu_minor_mid_core", PLATEAU),
                         ("pi_spu_range@core1", FALLING), ("pi_spu_range@core0.5", PLATEAU)):
             p = by[name].points[i]

@@ -39,7 +39,8 @@ from mmclshift.report_text import format_table
 from mmclshift.runs import CONFIG_FILE, atomic_write_text, read_metrics, run_identity
 
 #: the claims about the Figure 2 / 5 grid whose statistics are followed over training
-GRID_CLAIMS = ("mmcl_beats_sl_ood", "pi_core_matters", "pi_spu_minor", "pi_spu_minor_mid_core", "mmcl_id_on_par")
+GRID_CLAIMS = ("mmcl_beats_sl_ood", "pi_core_dose_response", "pi_spu_minor", "pi_spu_minor_mid_core",
+               "mmcl_id_equivalent")
 DEFAULT_TAIL = 0.25
 
 
