@@ -59,3 +59,24 @@ def test_errors_are_one_line(args, needle, capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "mmclshift.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("mmclshift ")
+
+
+def test_overview_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert "95% interval" in out  # a literal % in a command's help is shown, not %-formatted
+
+
+@pytest.mark.parametrize("code", [
+    "from mmclshift.cli import build_parser; build_parser(['--help'])",
+    "from mmclshift.cli import build_parser; build_parser(['theory', 'x.yaml'])",
+    "import mmclshift.cli.theory, mmclshift.experiments, mmclshift.config",
+])
+def test_startup_imports_no_torch(code):
+    """``--help``, ``--version`` and the theory command's own modules start without torch."""
+    check = f"import sys; {code}; bad = [m for m in ('torch', 'open_clip') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
