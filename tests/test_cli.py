@@ -73,7 +73,7 @@ def test_overview_help_lists_every_command(capsys):
 @pytest.mark.parametrize("code", [
     "from mmclshift.cli import build_parser; build_parser(['--help'])",
     "from mmclshift.cli import build_parser; build_parser(['theory', 'x.yaml'])",
-    "import mmclshift.cli.theory, mmclshift.experiments, mmclshift.config",
+    "import mmclshift.cli.theory, mmclshift.cli.theory_map, mmclshift.experiments, mmclshift.runs",
 ])
 def test_startup_imports_no_torch(code):
     """``--help``, ``--version`` and the theory command's own modules start without torch."""

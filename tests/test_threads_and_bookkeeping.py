@@ -3,6 +3,7 @@ shared draws, optional checkpoints, the batched path's fallback counter."""
 
 import json
 import os
+import subprocess
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from mmclshift import runs
 from mmclshift.config import ConfigError, build_config, dump_yaml, replace, to_dict
 from mmclshift.experiments import CONFIG_KINDS
 from mmclshift.experiments import synthetic as S
-from mmclshift.runs import RunDir, deferred_durability, is_done, read_metrics
+from mmclshift.runs import RunDir, deferred_durability, environment, is_done, read_metrics
 from mmclshift.sweeps.runner import BatchStats, run_batched
 from mmclshift.sweeps.spec import expand
 from mmclshift.threads import TIER_THREADS, torch_threads
@@ -85,8 +86,8 @@ def fsyncs(monkeypatch):
         calls["fsync"] += 1
         return real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", fsync)
-    monkeypatch.setattr(runs.os, "sync", lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "sync", lambda: calls.__setitem__("sync", calls["sync"] + 1))
     return calls
 
 
@@ -133,14 +134,14 @@ def test_deferred_durability_marks_only_finished_runs_after_a_crash(tmp_path, fs
 
 def test_environment_is_gathered_once_per_process(tmp_path, monkeypatch):
     calls = []
-    real_run = runs.subprocess.run
+    real_run = subprocess.run
 
     def spy(*args, **kwargs):
         calls.append(args[0])
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(runs.subprocess, "run", spy)
-    runs._static_environment.cache_clear()
+    monkeypatch.setattr(subprocess, "run", spy)
+    environment._static_environment.cache_clear()
     runs.git_revision.cache_clear()
     envs = []
     for i in range(3):
