@@ -207,7 +207,7 @@ def test_shared_draws_equal_fresh_draws():
     assert not torch.equal(jobs[0].test_draw("ood").x_image, jobs[2].test_draw("ood").x_image)
 
 
-def test_batched_fallback_warns_and_counts(tmp_path, monkeypatch):
+def test_batched_fallback_counts_and_raises_under_debug(tmp_path, monkeypatch):
     from mmclshift.train import batched as B
 
     def broken(*args, **kwargs):
@@ -217,9 +217,12 @@ def test_batched_fallback_warns_and_counts(tmp_path, monkeypatch):
     jobs = expand({"base": {"kind": "data_model_1", "n_train": 500, "n_test": 500, "splits": ["ood"],
                             "mmcl": {"optim": {"steps": 20}}, "sl": {"optim": {"steps": 10}}},
                    "grid": {"seed": "range(2)"}})
+    monkeypatch.setenv("MMCLSHIFT_DEBUG", "1")
+    with pytest.raises(FloatingPointError, match="injected"):
+        run_batched(jobs, tmp_path / "debug", theory=False)
+    monkeypatch.delenv("MMCLSHIFT_DEBUG")
     stats = BatchStats()
-    with pytest.warns(RuntimeWarning, match="one at a time"):
-        status = run_batched(jobs, tmp_path, theory=False, stats=stats)
+    status = run_batched(jobs, tmp_path, theory=False, stats=stats)
     assert status == {j.name: "done" for j in jobs}
     assert (stats.batched, stats.fallback, stats.chunks) == (0, 2, 1) and "injected" in stats.errors[0]
     assert all(is_done(tmp_path / j.name) for j in jobs)

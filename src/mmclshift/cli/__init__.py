@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parse_args(parser, argv)
     prog = f"mmclshift {args.command}"
+    if args.debug:  # the library (and any worker process) reads the environment variable
+        os.environ["MMCLSHIFT_DEBUG"] = "1"
     try:
         normalise_paths(args)
         status = int(args._run(args) or 0)

@@ -3,8 +3,13 @@
 Each job runs in ``<out>/<kind>-<identity hash>``; a job whose directory has a ``done`` marker is
 skipped, so rerunning a sweep trains only what is missing; a job directory holding another
 config is refused (``force``: moved aside). A failing job leaves its traceback in ``error.txt``
-and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can
-tell done / running / killed / failed / missing (a pid check on the job's running.json).
+(its last line, the reason, is what :func:`failure_reasons` reports) and the others go on.
+``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can tell done / running /
+killed / failed / missing (a pid check on the job's running.json).
+
+The local launcher's fast path (the batched trainer) falling over is a bug, not a job failure:
+under ``MMCLSHIFT_DEBUG=1`` (``mmclshift --debug``) it is raised; otherwise its jobs run one at a
+time and the fall-back is counted (:class:`BatchStats`) and reported in the sweep's summary.
 
 Launchers (:data:`LAUNCHERS`): ``local`` (in this process; synthetic jobs that can be batched go
 through :mod:`mmclshift.train.batched`), ``processes`` (a process pool), ``ray`` (Ray tasks on an
@@ -16,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,18 +60,30 @@ class SweepResult:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # being run by another live process: left alone
+    reasons: dict[str, str] = field(default_factory=dict)  # failed job -> why (error.txt's last line)
+    batch: BatchStats | None = None  # the local launcher's batched fast path, where it ran
 
     def summary(self) -> str:
         text = (f"{self.planned} jobs: {self.skipped} already done, {len(self.done)} trained, "
                 f"{len(self.failed)} failed")
-        return text + (f", {len(self.busy)} left to the process running them" if self.busy else "")
+        text += f", {len(self.busy)} left to the process running them" if self.busy else ""
+        if self.batch is not None and self.batch.fallback:
+            text += (f"; the batched trainer failed on {self.batch.fallback} jobs, which ran one at a "
+                     f"time ({self.batch.errors[0]}; rerun with --debug for the traceback)")
+        return text
+
+
+def debug_enabled() -> bool:
+    """``MMCLSHIFT_DEBUG`` set (``mmclshift --debug`` sets it): a fast path's failure is raised."""
+    return os.environ.get("MMCLSHIFT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 # --------------------------------------------------------------------------- one job
 
 
 def run_job(config: dict[str, Any], out_dir: str) -> str:
-    """Run one job from plain config data; returns "done" or "failed" (never raises)."""
+    """Run one job from plain config data; returns "done", "busy" (another live process runs it)
+    or "failed" (never raises; the traceback is in the job's error.txt)."""
     from mmclshift import experiments
 
     try:
@@ -110,8 +127,9 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True, progress
     Runs with ``threads`` torch threads (0: torch's setting). Jobs with equal data settings and
     data seed share the sampler and the training and test draws. Each chunk's run directories are
     written inside :func:`mmclshift.runs.deferred_durability` (two ``os.sync()`` per chunk instead
-    of an fsync per file). A chunk whose batched training raises falls back to one job at a time:
-    a ``RuntimeWarning`` says so and ``stats.fallback`` counts the jobs.
+    of an fsync per file). A chunk whose batched training raises is raised under
+    :func:`debug_enabled`; otherwise it falls back to one job at a time, ``stats.fallback`` counts
+    its jobs and ``stats.errors`` says why.
     """
     stats = BatchStats() if stats is None else stats
     with torch_threads(threads):
@@ -159,9 +177,9 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                     wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
                     W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
                                               bias=cfg0.sl.bias)
-                except Exception as exc:  # noqa: BLE001 - fall back to one job at a time
-                    warnings.warn(f"batched training of {len(chunk)} jobs failed ({exc!r}); running "
-                                  "them one at a time", RuntimeWarning, stacklevel=3)
+                except Exception as exc:  # noqa: BLE001 - a fast-path bug: counted, the jobs still run
+                    if debug_enabled():
+                        raise
                     stats.fallback += len(chunk)
                     stats.errors.append(repr(exc))
                     for j in chunk:
@@ -182,7 +200,7 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                             evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
                                          B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
                         status[job.name] = "done"
-                    except Exception:  # noqa: BLE001
+                    except Exception:  # noqa: BLE001 - guard() wrote error.txt; the others go on
                         status[job.name] = "failed"
                     bar.update(1)
     bar.close()
@@ -219,9 +237,11 @@ def die_with_parent(parent: int) -> None:
     import threading
     import time
 
-    with contextlib.suppress(Exception):
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no libc to load, or no prctl (not Linux): the watchdog below
+        pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -326,10 +346,12 @@ def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "loca
     for j in todo:  # a rerun clears a previous failure's marker
         with contextlib.suppress(FileNotFoundError):
             (out / j.name / ERROR_FILE).unlink()
-    status = LAUNCHERS[launcher](todo, out, **options) if todo else {}
+    batch = BatchStats() if launcher == "local" else None
+    status = LAUNCHERS[launcher](todo, out, stats=batch, **options) if todo else {}
     busy += [n for n, s in status.items() if s == "busy"]
+    failed = sorted(n for n, s in status.items() if s not in ("done", "busy"))
     return SweepResult(len(jobs), skipped, sorted(n for n, s in status.items() if s == "done"),
-                       sorted(n for n, s in status.items() if s not in ("done", "busy")), sorted(busy))
+                       failed, sorted(busy), failure_reasons(out, failed), batch)
 
 
 STATES = ("done", "running", "killed", "failed", "missing")
@@ -350,3 +372,21 @@ def status(out_dir: str | Path) -> dict[str, str]:
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{plan_file}: unreadable sweep plan") from None
     return {name: run_state(out / name) for name in names}
+
+
+def failure_reasons(out_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """{job name: why it failed} for the failed jobs among ``names``: the last line of the job's
+    error.txt (the exception and its message), or why that cannot be read."""
+    reasons = {}
+    for name in names:
+        file = Path(out_dir) / name / ERROR_FILE
+        try:
+            lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except OSError as exc:
+            reasons[name] = f"no readable {ERROR_FILE} ({exc.strerror or exc})"
+            continue
+        except UnicodeDecodeError:
+            reasons[name] = f"{ERROR_FILE} is not UTF-8 text"
+            continue
+        reasons[name] = lines[-1] if lines else f"empty {ERROR_FILE}"
+    return reasons
