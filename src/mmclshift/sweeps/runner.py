@@ -210,13 +210,25 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
 # --------------------------------------------------------------------------- launchers
 
 
-def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progress: bool = True,
-                 stats: BatchStats | None = None, **_: Any) -> dict[str, str]:
-    from mmclshift.experiments.synthetic import CONFIG_KINDS as SYNTHETIC
+def _synthetic_batchable(cfg: Any) -> bool:
     from mmclshift.train.batched import batchable
 
+    return batchable(cfg)
+
+
+#: experiment kind -> whether a job of that kind can take the local launcher's batched fast path
+#: (:func:`run_batched`); jobs of kinds not listed run one at a time
+BATCHABLE: dict[str, Callable[[Any], bool]] = {
+    "data_model_1": _synthetic_batchable,
+    "data_model_2": _synthetic_batchable,
+}
+
+
+def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progress: bool = True,
+                 stats: BatchStats | None = None, **_: Any) -> dict[str, str]:
     status: dict[str, str] = {}
-    batch = [j for j in jobs if batched and j.config.kind in SYNTHETIC and batchable(j.config)]
+    batch = [j for j in jobs
+             if batched and j.config.kind in BATCHABLE and BATCHABLE[j.config.kind](j.config)]
     single = [j for j in jobs if j not in batch]
     if batch:
         status.update(run_batched(batch, out, progress=progress, stats=stats))
