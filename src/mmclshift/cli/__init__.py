@@ -144,8 +144,10 @@ def _command_in(argv: Sequence[str]) -> str:
 
 
 def debug_enabled(args: argparse.Namespace | None = None) -> bool:
-    flag = os.environ.get("MMCLSHIFT_DEBUG", "").strip().lower()
-    return bool(getattr(args, "debug", False)) or flag not in ("", "0", "false", "no")
+    """``--debug`` given, or ``MMCLSHIFT_DEBUG`` set: show tracebacks."""
+    from mmclshift.runs.environment import debug_enabled as env_debug  # only when it is asked
+
+    return bool(getattr(args, "debug", False)) or env_debug()
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

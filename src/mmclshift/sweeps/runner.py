@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from mmclshift.runs import (
     RunDir,
     atomic_write_text,
     check_run_dir,
+    debug_enabled,
     deferred_durability,
     lock_owner,
     make_run_dir,
@@ -71,11 +71,6 @@ class SweepResult:
             text += (f"; the batched trainer failed on {self.batch.fallback} jobs, which ran one at a "
                      f"time ({self.batch.errors[0]}; rerun with --debug for the traceback)")
         return text
-
-
-def debug_enabled() -> bool:
-    """``MMCLSHIFT_DEBUG`` set (``mmclshift --debug`` sets it): a fast path's failure is raised."""
-    return os.environ.get("MMCLSHIFT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 # --------------------------------------------------------------------------- one job
