@@ -22,12 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from mmclshift.config import build_config, to_dict
@@ -133,14 +132,12 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True, progress
 
 def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                  stats: BatchStats) -> dict[str, str]:
-    from mmclshift.experiments.synthetic import evaluate_job, prepare_job, theory_predictions
-    from mmclshift.models.linear import LinearEncoders
-    from mmclshift.train import batched as B
+    from mmclshift.train.batched import batch_key
 
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         c = job.config
-        groups.setdefault((*B.batch_key(c), c.sl.bias), []).append(job)
+        groups.setdefault((*batch_key(c), c.sl.bias), []).append(job)
     status: dict[str, str] = {}
     theory_cache: dict[str, dict] = {}
     data_cache: dict = {}
@@ -151,27 +148,7 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
             stats.chunks += 1
             with deferred_durability():
                 try:
-                    prepared = [prepare_job(j.config, train_cache=data_cache) for j in chunk]
-                    runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
-                            for j in chunk]
-                    cfg0 = chunk[0].config
-                    inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
-                                            p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
-                                            generator=p.init_gen, dtype=p.train.x_image.dtype)
-                             for p in prepared]
-                    x_img = torch.stack([p.train.x_image for p in prepared])
-                    x_txt = torch.stack([p.train.x_text for p in prepared])
-                    dev = x_img.device
-                    mstats = B.mmcl_statistics(x_img, x_txt)
-                    rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=mstats.cross.dtype, device=dev)
-                    W_img, W_txt = B.train_mmcl_batched(
-                        mstats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
-                        torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
-                        cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
-                    K = prepared[0].model.num_classes
-                    wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
-                    W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
-                                              bias=cfg0.sl.bias)
+                    trained = _train_chunk(chunk, out, data_cache)
                 except Exception as exc:  # noqa: BLE001 - a fast-path bug: counted, the jobs still run
                     if debug_enabled():
                         raise
@@ -182,24 +159,81 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                         bar.update(1)
                     continue
                 stats.batched += len(chunk)
-                for i, (job, prep, run) in enumerate(zip(chunk, prepared, runs, strict=True)):
-                    try:
-                        with run.guard():
-                            preds = {}
-                            if theory:
-                                key = _theory_key(job.config)
-                                if key not in theory_cache:
-                                    theory_cache[key] = theory_predictions(job.config)
-                                preds = theory_cache[key]
-                            run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
-                            evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
-                                         B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
-                        status[job.name] = "done"
-                    except Exception:  # noqa: BLE001 - guard() wrote error.txt; the others go on
-                        status[job.name] = "failed"
+                for job, job_status in _evaluate_chunk(chunk, trained, theory, theory_cache):
+                    status[job.name] = job_status
                     bar.update(1)
     bar.close()
     return status
+
+
+@dataclass
+class _TrainedChunk:
+    """One chunk's jobs trained as one batched program: per job its data, run and weights."""
+
+    prepared: list[Any]
+    runs: list[RunDir]
+    W_img: Any
+    W_txt: Any
+    W: Any
+    b: Any
+    num_classes: int
+    bias: bool
+
+
+def _train_chunk(chunk: Sequence[Job], out: Path, data_cache: dict) -> _TrainedChunk:
+    """Draw the chunk's data, create its run directories, train MMCL and SL batched."""
+    import torch
+
+    from mmclshift.experiments.synthetic import prepare_job
+    from mmclshift.models.linear import LinearEncoders
+    from mmclshift.train import batched as B
+
+    prepared = [prepare_job(j.config, train_cache=data_cache) for j in chunk]
+    runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
+            for j in chunk]
+    cfg0 = chunk[0].config
+    inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
+                            p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
+                            generator=p.init_gen, dtype=p.train.x_image.dtype)
+             for p in prepared]
+    x_img = torch.stack([p.train.x_image for p in prepared])
+    x_txt = torch.stack([p.train.x_text for p in prepared])
+    dev = x_img.device
+    mstats = B.mmcl_statistics(x_img, x_txt)
+    rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=mstats.cross.dtype, device=dev)
+    W_img, W_txt = B.train_mmcl_batched(
+        mstats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
+        torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
+        cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
+    K = prepared[0].model.num_classes
+    wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
+    W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
+                              bias=cfg0.sl.bias)
+    return _TrainedChunk(prepared, runs, W_img, W_txt, W, b, K, cfg0.sl.bias)
+
+
+def _evaluate_chunk(chunk: Sequence[Job], trained: _TrainedChunk, theory: bool,
+                    theory_cache: dict[str, dict]) -> Iterator[tuple[Job, str]]:
+    """Evaluate and finish each job of a trained chunk; yields (job, "done" | "failed")."""
+    from mmclshift.experiments.synthetic import evaluate_job, theory_predictions
+    from mmclshift.train import batched as B
+
+    for i, (job, prep, run) in enumerate(zip(chunk, trained.prepared, trained.runs, strict=True)):
+        try:
+            with run.guard():
+                preds = {}
+                if theory:
+                    key = _theory_key(job.config)
+                    if key not in theory_cache:
+                        theory_cache[key] = theory_predictions(job.config)
+                    preds = theory_cache[key]
+                run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
+                evaluate_job(prep, run, B.encoders_from(trained.W_img[i], trained.W_txt[i]),
+                             B.classifier_from(trained.W[i], trained.b[i], trained.num_classes,
+                                               trained.bias), preds)
+            yield job, "done"
+        except Exception:  # noqa: BLE001 - guard() wrote error.txt; the others go on
+            yield job, "failed"
 
 
 # --------------------------------------------------------------------------- launchers
