@@ -83,3 +83,13 @@ def test_startup_imports_no_torch(code):
     check = f"import sys; {code}; bad = [m for m in ('torch', 'open_clip') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_debug_flag_lasts_only_for_its_command(monkeypatch, capsys):
+    monkeypatch.delenv("MMCLSHIFT_DEBUG", raising=False)
+    from mmclshift.errors import UserError
+
+    with pytest.raises(UserError, match="missing.yaml"):  # --debug: the error itself
+        main(["--debug", "theory", "missing.yaml"])
+    assert main(["theory", "missing.yaml"]) == 2  # the next command is not in debug mode
+    assert "missing.yaml" in capsys.readouterr().err

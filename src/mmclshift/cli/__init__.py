@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -25,7 +26,7 @@ import os
 import sys
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 from mmclshift import __version__
@@ -171,9 +172,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parse_args(parser, argv)
-    prog = f"mmclshift {args.command}"
-    if args.debug:  # the library (and any worker process) reads the environment variable
+    with _debug_environment(args.debug):
+        return _run_command(args)
+
+
+@contextlib.contextmanager
+def _debug_environment(debug: bool) -> Iterator[None]:
+    """``--debug``: set ``MMCLSHIFT_DEBUG=1`` for the command (the library and any worker process
+    read it), and put the previous value back after it."""
+    before = os.environ.get("MMCLSHIFT_DEBUG")
+    if debug:
         os.environ["MMCLSHIFT_DEBUG"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MMCLSHIFT_DEBUG", None)
+        else:
+            os.environ["MMCLSHIFT_DEBUG"] = before
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; bad input becomes one line on stderr and status 2."""
+    prog = f"mmclshift {args.command}"
     try:
         normalise_paths(args)
         status = int(args._run(args) or 0)
