@@ -27,8 +27,11 @@ def test_theory_json(capsys):
     assert {(r["method"], r["split"]) for r in lines} == {
         (m, s) for m in ("mmcl", "sl") for s in ("id", "ood", "ood_reversed")
     }
-    for r in lines:
-        assert r["n"] is None and 0.0 <= r["accuracy"] <= 1.0
+    from mmclshift import experiments
+
+    cfg = experiments.load_config(DM1, ["data.pi_spu=0.5"])
+    expected = json.loads(json.dumps(experiments.predict(cfg)))  # the library's records, as JSON
+    assert lines == expected and all(r["n"] is None for r in lines)  # printed whole, in order
 
 
 def test_train_json(tmp_path, capsys):
@@ -59,3 +62,34 @@ def test_errors_are_one_line(args, needle, capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "mmclshift.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("mmclshift ")
+
+
+def test_overview_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert "95% interval" in out  # a literal % in a command's help is shown, not %-formatted
+
+
+@pytest.mark.parametrize("code", [
+    "from mmclshift.cli import build_parser; build_parser(['--help'])",
+    "from mmclshift.cli import build_parser; build_parser(['theory', 'x.yaml'])",
+    "import mmclshift.cli.theory, mmclshift.cli.theory_map, mmclshift.experiments, mmclshift.runs",
+])
+def test_startup_imports_no_torch(code):
+    """``--help``, ``--version`` and the theory command's own modules start without torch."""
+    check = f"import sys; {code}; bad = [m for m in ('torch', 'open_clip') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_debug_flag_lasts_only_for_its_command(monkeypatch, capsys):
+    monkeypatch.delenv("MMCLSHIFT_DEBUG", raising=False)
+    from mmclshift.errors import UserError
+
+    with pytest.raises(UserError, match="missing.yaml"):  # --debug: the error itself
+        main(["--debug", "theory", "missing.yaml"])
+    assert main(["theory", "missing.yaml"]) == 2  # the next command is not in debug mode
+    assert "missing.yaml" in capsys.readouterr().err

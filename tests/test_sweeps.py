@@ -90,12 +90,27 @@ def test_killed_sweep_resumes_with_only_missing_jobs(tmp_path):
 def test_failed_job_keeps_traceback_and_others_run(tmp_path):
     # device does not name a job (same identity); the failing job differs in its seed too
     jobs = expand(sweep({"seed": [0]})) + expand(sweep({"seed": [1], "device": ["cuda:7"]}))
-    with pytest.warns(RuntimeWarning, match="one at a time"):  # the cuda chunk cannot batch
-        result = run_sweep(jobs, tmp_path / "s", progress=False)
+    result = run_sweep(jobs, tmp_path / "s", progress=False)
     assert len(result.done) == 1 and len(result.failed) == 1
     bad = tmp_path / "s" / result.failed[0]
-    assert "CUDA" in (bad / "error.txt").read_text()
+    reason = (bad / "error.txt").read_text().strip().splitlines()[-1]
+    assert "CUDA" in reason and result.reasons == {bad.name: reason}  # the reason is reported
+    # the cuda chunk cannot batch: counted and said in the summary, its job run on its own
+    assert result.batch.fallback == 1 and "batched trainer failed on 1 jobs" in result.summary()
     assert sorted(status(tmp_path / "s").values()) == ["done", "failed"]
+
+
+def test_sweep_status_shows_why_a_job_failed(tmp_path, capsys):
+    f = tmp_path / "sweep.yaml"
+    f.write_text("base: {kind: data_model_1, n_train: 500, n_test: 500, splits: [ood], device: 'cuda:7'}\n"
+                 "grid:\n  seed: [0]\n")
+    assert main(["sweep", "run", str(f), "--out", str(tmp_path / "o")]) == 1
+    ran = capsys.readouterr().out
+    assert main(["sweep", "status", str(tmp_path / "o")]) == 0
+    shown = capsys.readouterr().out
+    failed = [line for line in shown.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 1 and "CUDA" in failed[0] and "failed: 1" in shown
+    assert "CUDA" in ran and "batched trainer failed on 1 jobs" in ran
 
 
 def test_sweep_cli(tmp_path, capsys):

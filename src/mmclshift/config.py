@@ -61,19 +61,6 @@ def at_least(lo: float) -> Check:
     return check
 
 
-def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
-    def check(v: Any) -> str | None:
-        ok_lo = v > lo if lo_open else v >= lo
-        ok_hi = v < hi if hi_open else v <= hi
-        if ok_lo and ok_hi:
-            return None
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        return f"must be in {left}{lo}, {hi}{right}"
-
-    return check
-
-
 _PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+=,-]*$")
 
 
@@ -126,14 +113,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
+        for arg in args:  # the first member that takes the value; none: name them all
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)

@@ -1,7 +1,10 @@
 """The ``mmclshift`` command: a thin layer that parses arguments and calls one library function.
 
 Each subcommand lives in its own module exposing ``HELP``, ``configure(parser)`` and
-``run(args) -> int``; :data:`COMMANDS` is the explicit registry.
+``run(args) -> int``; :data:`COMMANDS` is the explicit registry (one line per command). A
+command's module is imported only when that command runs, so ``mmclshift --help``, ``--version``
+and ``mmclshift theory`` start without importing torch: the overview reads each command's
+``HELP`` string from its source.
 
 Bad input (a :class:`~mmclshift.errors.UserError`, a bad option, a file that cannot be read or
 written, a training loss that is no longer finite, a size that does not fit in memory) ends the command with one line on stderr and
@@ -14,28 +17,19 @@ as a command killed by SIGPIPE).
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import functools
+import importlib
+import importlib.util
 import os
 import sys
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 from mmclshift import __version__
-from mmclshift.cli import (
-    claims,
-    collect,
-    convergence,
-    demo,
-    grid,
-    report,
-    robustness,
-    sweep,
-    theory,
-    theory_map,
-    train,
-)
-from mmclshift.cli import eval as eval_cmd
 from mmclshift.errors import UserError
 
 # torch's own forward-mode AD decompositions call the deprecated torch.jit.script on first use
@@ -44,20 +38,44 @@ from mmclshift.errors import UserError
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning, module=r"torch\.jit\._script")
 
-COMMANDS: dict[str, ModuleType] = {
-    "theory": theory,
-    "train": train,
-    "demo": demo,
-    "grid": grid,
-    "collect": collect,
-    "eval": eval_cmd,
-    "robustness": robustness,
-    "report": report,
-    "claims": claims,
-    "sweep": sweep,
-    "theory-map": theory_map,
-    "convergence": convergence,
+#: command name -> the module that implements it (imported when the command runs)
+COMMANDS: dict[str, str] = {
+    "theory": "mmclshift.cli.theory",
+    "train": "mmclshift.cli.train",
+    "demo": "mmclshift.cli.demo",
+    "grid": "mmclshift.cli.grid",
+    "collect": "mmclshift.cli.collect",
+    "eval": "mmclshift.cli.eval",
+    "robustness": "mmclshift.cli.robustness",
+    "report": "mmclshift.cli.report",
+    "claims": "mmclshift.cli.claims",
+    "sweep": "mmclshift.cli.sweep",
+    "theory-map": "mmclshift.cli.theory_map",
+    "convergence": "mmclshift.cli.convergence",
 }
+
+
+def load_command(name: str) -> ModuleType:
+    """The module implementing command ``name`` (imported now, with whatever it needs)."""
+    return importlib.import_module(COMMANDS[name])
+
+
+@functools.cache
+def command_help(name: str) -> str:
+    """Command ``name``'s one-line ``HELP``, read from its source without importing it.
+
+    Falls back to importing the module when ``HELP`` is not a plain string literal there.
+    """
+    spec = importlib.util.find_spec(COMMANDS[name])
+    if spec is not None and spec.origin is not None:
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=spec.origin)
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                    and isinstance(node.value.value, str)
+                    and any(isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets)):
+                return node.value.value
+    return str(load_command(name).HELP)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -88,7 +106,8 @@ def _user_path(name: str, value: str) -> str:
     return os.path.expanduser(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given ``argv``, only the command it names is imported and configured."""
     parser = OneLineParser(
         prog="mmclshift",
         description="Measure, explain and predict the robustness of multimodal contrastive "
@@ -98,11 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: MMCLSHIFT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in COMMANDS.items():
+    chosen = None if argv is None else _command_in(argv)
+    for name in COMMANDS:
+        if chosen is not None and name != chosen:  # listed in the overview, never imported
+            sub.add_parser(name, help=_literal(command_help(name)))
+            continue
+        module = load_command(name)
         doc = (module.__doc__ or module.HELP).strip()
         p = sub.add_parser(
-            # argparse %-formats help strings: a literal % (as in "95% interval") is escaped
-            name, help=module.HELP.replace("%", "%%"), description=doc,
+            name, help=_literal(module.HELP), description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(p)
@@ -110,9 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _literal(text: str) -> str:
+    """``text`` as argparse help shows it verbatim (argparse %-formats help: "95%" must be "95%%")."""
+    return text.replace("%", "%%")
+
+
+def _command_in(argv: Sequence[str]) -> str:
+    """The command ``argv`` names: its first word that is not an option (top-level options take
+    no value); ``""`` when there is none (``--help``, ``--version``) or it is unknown."""
+    word = next((a for a in argv if not a.startswith("-")), "")
+    return word if word in COMMANDS else ""
+
+
 def debug_enabled(args: argparse.Namespace | None = None) -> bool:
-    flag = os.environ.get("MMCLSHIFT_DEBUG", "").strip().lower()
-    return bool(getattr(args, "debug", False)) or flag not in ("", "0", "false", "no")
+    """``--debug`` given, or ``MMCLSHIFT_DEBUG`` set: show tracebacks."""
+    from mmclshift.runs.environment import debug_enabled as env_debug  # only when it is asked
+
+    return bool(getattr(args, "debug", False)) or env_debug()
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -133,8 +170,31 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parse_args(parser, argv)
+    with _debug_environment(args.debug):
+        return _run_command(args)
+
+
+@contextlib.contextmanager
+def _debug_environment(debug: bool) -> Iterator[None]:
+    """``--debug``: set ``MMCLSHIFT_DEBUG=1`` for the command (the library and any worker process
+    read it), and put the previous value back after it."""
+    before = os.environ.get("MMCLSHIFT_DEBUG")
+    if debug:
+        os.environ["MMCLSHIFT_DEBUG"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MMCLSHIFT_DEBUG", None)
+        else:
+            os.environ["MMCLSHIFT_DEBUG"] = before
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; bad input becomes one line on stderr and status 2."""
     prog = f"mmclshift {args.command}"
     try:
         normalise_paths(args)

@@ -19,7 +19,7 @@ import argparse
 import collections
 
 from mmclshift.cli.common import add_force_arg, int_at_least
-from mmclshift.sweeps.runner import LAUNCHERS, STATES, run_sweep, status
+from mmclshift.sweeps.runner import LAUNCHERS, STATES, failure_reasons, run_sweep, status
 from mmclshift.sweeps.spec import load_sweep
 
 HELP = "run a sweep of configs (local, processes, ray, slurm) or show its status"
@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         st = status(args.out)
         counts = collections.Counter(st.values())
+        reasons = failure_reasons(args.out, [n for n, s in st.items() if s == "failed"])
         for name, state in st.items():
-            print(f"{state:8s} {name}")
+            print(f"{state:8s} {name}" + (f": {reasons[name]}" if name in reasons else ""))
         print(", ".join(f"{k}: {counts.get(k, 0)}" for k in STATES))
         return 0
     jobs = load_sweep(args.sweep)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                        gpus=args.gpus, force=args.force)
     print(result.summary())
     for name in result.failed:
-        print(f"failed: {name} (see {args.out}/{name}/error.txt)")
+        print(f"failed: {name}: {result.reasons.get(name, '?')} (see {args.out}/{name}/error.txt)")
     for name in result.busy:
         print(f"skipped: {name} (another live process is running it)")
     return 1 if result.failed else 0

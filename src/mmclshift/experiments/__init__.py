@@ -1,22 +1,66 @@
 """The explicit registry of experiment kinds.
 
-``CONFIG_KINDS`` maps the ``kind:`` key of a YAML config to its root config dataclass;
-``RUNNERS`` maps it to the function that runs one experiment into a run directory and returns
-its result records (one per method and test split; see :mod:`mmclshift.runs` for the schema).
-Each tier registers its kinds here explicitly.
+:data:`TIERS` maps the ``kind:`` key of a YAML config to the module that implements it; one line
+registers a kind. From it, ``CONFIG_KINDS`` maps a kind to its root config dataclass (the
+module's ``CONFIG_KINDS[kind]``); ``RUNNERS`` to the function that runs one experiment into a run
+directory and returns its result records (``run_experiment``; one record per method and test
+split, see :mod:`mmclshift.runs` for the schema); ``THEORY`` to its closed-form predictions
+(``predict``, where the tier has a theory); ``SMOKE`` to the function(config, out_dir) that
+rewrites a config to run on built-in fixtures (``smoke_config``, for ``--smoke``).
+
+A tier's module (and torch with it) is imported only when one of its kinds is looked up, so
+importing this registry costs nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import importlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-CONFIG_KINDS: dict[str, type] = {}
-RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {}
-THEORY: dict[str, Callable[..., list[dict[str, Any]]]] = {}
-#: kind -> function(config, out_dir) -> config rewritten to run on built-in fixtures (``--smoke``)
-SMOKE: dict[str, Callable[..., Any]] = {}
+#: experiment kind -> the module implementing it
+TIERS: dict[str, str] = {
+    "clip_real": "mmclshift.experiments.real",
+    "data_model_1": "mmclshift.experiments.synthetic",
+    "data_model_2": "mmclshift.experiments.synthetic",
+    "semisynthetic": "mmclshift.experiments.semisynthetic",
+}
+
+
+class _Registry(Mapping[str, Any]):
+    """kind -> one thing its tier module provides; the module is imported on first look-up.
+
+    Its keys are ``kinds`` (default: every kind in :data:`TIERS`), known without importing.
+    """
+
+    def __init__(self, attribute: str, *, per_kind: bool = False,
+                 kinds: Sequence[str] | None = None) -> None:
+        self._attribute = attribute
+        self._per_kind = per_kind  # the attribute is a dict keyed by kind (CONFIG_KINDS)
+        self._kinds = tuple(TIERS if kinds is None else kinds)
+
+    def __getitem__(self, kind: str) -> Any:
+        if kind not in self._kinds:
+            raise KeyError(kind)
+        value = getattr(importlib.import_module(TIERS[kind]), self._attribute)
+        return value[kind] if self._per_kind else value
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+CONFIG_KINDS: Mapping[str, type] = _Registry("CONFIG_KINDS", per_kind=True)
+RUNNERS: Mapping[str, Callable[..., list[dict[str, Any]]]] = _Registry("run_experiment")
+THEORY: Mapping[str, Callable[..., list[dict[str, Any]]]] = _Registry(
+    "predict", kinds=("data_model_1", "data_model_2"))
+SMOKE: Mapping[str, Callable[..., Any]] = _Registry("smoke_config", kinds=("clip_real",))
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
@@ -72,26 +116,3 @@ def cross_covariance(config: Any) -> tuple[list[str], Any]:
     if getattr(config, "kind", None) not in synthetic.CONFIG_KINDS:
         raise UserError(f"config kind {config.kind!r} has no closed-form C^Tr")
     return synthetic.describe_cross_covariance(config)
-
-
-def _register_builtin() -> None:
-    from mmclshift.experiments import real
-
-    for kind, cls in real.CONFIG_KINDS.items():
-        CONFIG_KINDS[kind] = cls
-        RUNNERS[kind] = real.run_experiment
-        SMOKE[kind] = real.smoke_config
-
-    from mmclshift.experiments import semisynthetic, synthetic
-
-    for kind, cls in synthetic.CONFIG_KINDS.items():
-        CONFIG_KINDS[kind] = cls
-        RUNNERS[kind] = synthetic.run_experiment
-        THEORY[kind] = synthetic.predict
-
-    for kind, cls in semisynthetic.CONFIG_KINDS.items():
-        CONFIG_KINDS[kind] = cls
-        RUNNERS[kind] = semisynthetic.run_experiment
-
-
-_register_builtin()

@@ -3,8 +3,13 @@
 Each job runs in ``<out>/<kind>-<identity hash>``; a job whose directory has a ``done`` marker is
 skipped, so rerunning a sweep trains only what is missing; a job directory holding another
 config is refused (``force``: moved aside). A failing job leaves its traceback in ``error.txt``
-and the others go on. ``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can
-tell done / running / killed / failed / missing (a pid check on the job's running.json).
+(its last line, the reason, is what :func:`failure_reasons` reports) and the others go on.
+``sweep.json`` in ``<out>`` lists the planned jobs, so :func:`status` can tell done / running /
+killed / failed / missing (a pid check on the job's running.json).
+
+The local launcher's fast path (the batched trainer) falling over is a bug, not a job failure:
+under ``MMCLSHIFT_DEBUG=1`` (``mmclshift --debug``) it is raised; otherwise its jobs run one at a
+time and the fall-back is counted (:class:`BatchStats`) and reported in the sweep's summary.
 
 Launchers (:data:`LAUNCHERS`): ``local`` (in this process; synthetic jobs that can be batched go
 through :mod:`mmclshift.train.batched`), ``processes`` (a process pool), ``ray`` (Ray tasks on an
@@ -17,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import traceback
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from mmclshift.config import build_config, to_dict
@@ -34,6 +37,7 @@ from mmclshift.runs import (
     RunDir,
     atomic_write_text,
     check_run_dir,
+    debug_enabled,
     deferred_durability,
     lock_owner,
     make_run_dir,
@@ -55,18 +59,25 @@ class SweepResult:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # being run by another live process: left alone
+    reasons: dict[str, str] = field(default_factory=dict)  # failed job -> why (error.txt's last line)
+    batch: BatchStats | None = None  # the local launcher's batched fast path, where it ran
 
     def summary(self) -> str:
         text = (f"{self.planned} jobs: {self.skipped} already done, {len(self.done)} trained, "
                 f"{len(self.failed)} failed")
-        return text + (f", {len(self.busy)} left to the process running them" if self.busy else "")
+        text += f", {len(self.busy)} left to the process running them" if self.busy else ""
+        if self.batch is not None and self.batch.fallback:
+            text += (f"; the batched trainer failed on {self.batch.fallback} jobs, which ran one at a "
+                     f"time ({self.batch.errors[0]}; rerun with --debug for the traceback)")
+        return text
 
 
 # --------------------------------------------------------------------------- one job
 
 
 def run_job(config: dict[str, Any], out_dir: str) -> str:
-    """Run one job from plain config data; returns "done" or "failed" (never raises)."""
+    """Run one job from plain config data; returns "done", "busy" (another live process runs it)
+    or "failed" (never raises; the traceback is in the job's error.txt)."""
     from mmclshift import experiments
 
     try:
@@ -110,8 +121,9 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True, progress
     Runs with ``threads`` torch threads (0: torch's setting). Jobs with equal data settings and
     data seed share the sampler and the training and test draws. Each chunk's run directories are
     written inside :func:`mmclshift.runs.deferred_durability` (two ``os.sync()`` per chunk instead
-    of an fsync per file). A chunk whose batched training raises falls back to one job at a time:
-    a ``RuntimeWarning`` says so and ``stats.fallback`` counts the jobs.
+    of an fsync per file). A chunk whose batched training raises is raised under
+    :func:`debug_enabled`; otherwise it falls back to one job at a time, ``stats.fallback`` counts
+    its jobs and ``stats.errors`` says why.
     """
     stats = BatchStats() if stats is None else stats
     with torch_threads(threads):
@@ -120,14 +132,12 @@ def run_batched(jobs: Sequence[Job], out: Path, *, theory: bool = True, progress
 
 def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                  stats: BatchStats) -> dict[str, str]:
-    from mmclshift.experiments.synthetic import evaluate_job, prepare_job, theory_predictions
-    from mmclshift.models.linear import LinearEncoders
-    from mmclshift.train import batched as B
+    from mmclshift.train.batched import batch_key
 
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         c = job.config
-        groups.setdefault((*B.batch_key(c), c.sl.bias), []).append(job)
+        groups.setdefault((*batch_key(c), c.sl.bias), []).append(job)
     status: dict[str, str] = {}
     theory_cache: dict[str, dict] = {}
     data_cache: dict = {}
@@ -138,30 +148,10 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
             stats.chunks += 1
             with deferred_durability():
                 try:
-                    prepared = [prepare_job(j.config, train_cache=data_cache) for j in chunk]
-                    runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
-                            for j in chunk]
-                    cfg0 = chunk[0].config
-                    inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
-                                            p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
-                                            generator=p.init_gen, dtype=p.train.x_image.dtype)
-                             for p in prepared]
-                    x_img = torch.stack([p.train.x_image for p in prepared])
-                    x_txt = torch.stack([p.train.x_text for p in prepared])
-                    dev = x_img.device
-                    mstats = B.mmcl_statistics(x_img, x_txt)
-                    rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=mstats.cross.dtype, device=dev)
-                    W_img, W_txt = B.train_mmcl_batched(
-                        mstats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
-                        torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
-                        cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
-                    K = prepared[0].model.num_classes
-                    wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
-                    W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
-                                              bias=cfg0.sl.bias)
-                except Exception as exc:  # noqa: BLE001 - fall back to one job at a time
-                    warnings.warn(f"batched training of {len(chunk)} jobs failed ({exc!r}); running "
-                                  "them one at a time", RuntimeWarning, stacklevel=3)
+                    trained = _train_chunk(chunk, out, data_cache)
+                except Exception as exc:  # noqa: BLE001 - a fast-path bug: counted, the jobs still run
+                    if debug_enabled():
+                        raise
                     stats.fallback += len(chunk)
                     stats.errors.append(repr(exc))
                     for j in chunk:
@@ -169,36 +159,105 @@ def _run_batched(jobs: Sequence[Job], out: Path, theory: bool, progress: bool,
                         bar.update(1)
                     continue
                 stats.batched += len(chunk)
-                for i, (job, prep, run) in enumerate(zip(chunk, prepared, runs, strict=True)):
-                    try:
-                        with run.guard():
-                            preds = {}
-                            if theory:
-                                key = _theory_key(job.config)
-                                if key not in theory_cache:
-                                    theory_cache[key] = theory_predictions(job.config)
-                                preds = theory_cache[key]
-                            run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
-                            evaluate_job(prep, run, B.encoders_from(W_img[i], W_txt[i]),
-                                         B.classifier_from(W[i], b[i], K, cfg0.sl.bias), preds)
-                        status[job.name] = "done"
-                    except Exception:  # noqa: BLE001
-                        status[job.name] = "failed"
+                for job, job_status in _evaluate_chunk(chunk, trained, theory, theory_cache):
+                    status[job.name] = job_status
                     bar.update(1)
     bar.close()
     return status
 
 
+@dataclass
+class _TrainedChunk:
+    """One chunk's jobs trained as one batched program: per job its data, run and weights."""
+
+    prepared: list[Any]
+    runs: list[RunDir]
+    W_img: Any
+    W_txt: Any
+    W: Any
+    b: Any
+    num_classes: int
+    bias: bool
+
+
+def _train_chunk(chunk: Sequence[Job], out: Path, data_cache: dict) -> _TrainedChunk:
+    """Draw the chunk's data, create its run directories, train MMCL and SL batched."""
+    import torch
+
+    from mmclshift.experiments.synthetic import prepare_job
+    from mmclshift.models.linear import LinearEncoders
+    from mmclshift.train import batched as B
+
+    prepared = [prepare_job(j.config, train_cache=data_cache) for j in chunk]
+    runs = [RunDir.create(out / j.name, j.config, seed=j.config.seed, device=j.config.device)
+            for j in chunk]
+    cfg0 = chunk[0].config
+    inits = [LinearEncoders(p.train.x_image.shape[1], p.train.x_text.shape[1],
+                            p.cfg.mmcl.embed_dim, init_scale=p.cfg.mmcl.init_scale,
+                            generator=p.init_gen, dtype=p.train.x_image.dtype)
+             for p in prepared]
+    x_img = torch.stack([p.train.x_image for p in prepared])
+    x_txt = torch.stack([p.train.x_text for p in prepared])
+    dev = x_img.device
+    mstats = B.mmcl_statistics(x_img, x_txt)
+    rho = torch.tensor([p.cfg.mmcl.rho for p in prepared], dtype=mstats.cross.dtype, device=dev)
+    W_img, W_txt = B.train_mmcl_batched(
+        mstats, torch.stack([m.W_img.detach() for m in inits]).to(dev),
+        torch.stack([m.W_txt.detach() for m in inits]).to(dev), rho,
+        cfg0.mmcl.optim.lr, cfg0.mmcl.optim.steps)
+    K = prepared[0].model.num_classes
+    wd = torch.tensor([p.cfg.sl.weight_decay for p in prepared], device=dev)
+    W, b = B.train_sl_batched(x_img, torch.stack([p.train.labels for p in prepared]), K, wd,
+                              bias=cfg0.sl.bias)
+    return _TrainedChunk(prepared, runs, W_img, W_txt, W, b, K, cfg0.sl.bias)
+
+
+def _evaluate_chunk(chunk: Sequence[Job], trained: _TrainedChunk, theory: bool,
+                    theory_cache: dict[str, dict]) -> Iterator[tuple[Job, str]]:
+    """Evaluate and finish each job of a trained chunk; yields (job, "done" | "failed")."""
+    from mmclshift.experiments.synthetic import evaluate_job, theory_predictions
+    from mmclshift.train import batched as B
+
+    for i, (job, prep, run) in enumerate(zip(chunk, trained.prepared, trained.runs, strict=True)):
+        try:
+            with run.guard():
+                preds = {}
+                if theory:
+                    key = _theory_key(job.config)
+                    if key not in theory_cache:
+                        theory_cache[key] = theory_predictions(job.config)
+                    preds = theory_cache[key]
+                run.log_metrics({"event": "train", "method": "batched", "jobs": len(chunk)})
+                evaluate_job(prep, run, B.encoders_from(trained.W_img[i], trained.W_txt[i]),
+                             B.classifier_from(trained.W[i], trained.b[i], trained.num_classes,
+                                               trained.bias), preds)
+            yield job, "done"
+        except Exception:  # noqa: BLE001 - guard() wrote error.txt; the others go on
+            yield job, "failed"
+
+
 # --------------------------------------------------------------------------- launchers
+
+
+def _synthetic_batchable(cfg: Any) -> bool:
+    from mmclshift.train.batched import batchable
+
+    return batchable(cfg)
+
+
+#: experiment kind -> whether a job of that kind can take the local launcher's batched fast path
+#: (:func:`run_batched`); jobs of kinds not listed run one at a time
+BATCHABLE: dict[str, Callable[[Any], bool]] = {
+    "data_model_1": _synthetic_batchable,
+    "data_model_2": _synthetic_batchable,
+}
 
 
 def launch_local(jobs: Sequence[Job], out: Path, *, batched: bool = True, progress: bool = True,
                  stats: BatchStats | None = None, **_: Any) -> dict[str, str]:
-    from mmclshift.experiments.synthetic import CONFIG_KINDS as SYNTHETIC
-    from mmclshift.train.batched import batchable
-
     status: dict[str, str] = {}
-    batch = [j for j in jobs if batched and j.config.kind in SYNTHETIC and batchable(j.config)]
+    batch = [j for j in jobs
+             if batched and j.config.kind in BATCHABLE and BATCHABLE[j.config.kind](j.config)]
     single = [j for j in jobs if j not in batch]
     if batch:
         status.update(run_batched(batch, out, progress=progress, stats=stats))
@@ -219,9 +278,11 @@ def die_with_parent(parent: int) -> None:
     import threading
     import time
 
-    with contextlib.suppress(Exception):
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no libc to load, or no prctl (not Linux): the watchdog below
+        pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -326,10 +387,12 @@ def run_sweep(jobs: Sequence[Job], out_dir: str | Path, *, launcher: str = "loca
     for j in todo:  # a rerun clears a previous failure's marker
         with contextlib.suppress(FileNotFoundError):
             (out / j.name / ERROR_FILE).unlink()
-    status = LAUNCHERS[launcher](todo, out, **options) if todo else {}
+    batch = BatchStats() if launcher == "local" else None
+    status = LAUNCHERS[launcher](todo, out, stats=batch, **options) if todo else {}
     busy += [n for n, s in status.items() if s == "busy"]
+    failed = sorted(n for n, s in status.items() if s not in ("done", "busy"))
     return SweepResult(len(jobs), skipped, sorted(n for n, s in status.items() if s == "done"),
-                       sorted(n for n, s in status.items() if s not in ("done", "busy")), sorted(busy))
+                       failed, sorted(busy), failure_reasons(out, failed), batch)
 
 
 STATES = ("done", "running", "killed", "failed", "missing")
@@ -350,3 +413,21 @@ def status(out_dir: str | Path) -> dict[str, str]:
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{plan_file}: unreadable sweep plan") from None
     return {name: run_state(out / name) for name in names}
+
+
+def failure_reasons(out_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """{job name: why it failed} for the failed jobs among ``names``: the last line of the job's
+    error.txt (the exception and its message), or why that cannot be read."""
+    reasons = {}
+    for name in names:
+        file = Path(out_dir) / name / ERROR_FILE
+        try:
+            lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except OSError as exc:
+            reasons[name] = f"no readable {ERROR_FILE} ({exc.strerror or exc})"
+            continue
+        except UnicodeDecodeError:
+            reasons[name] = f"{ERROR_FILE} is not UTF-8 text"
+            continue
+        reasons[name] = lines[-1] if lines else f"empty {ERROR_FILE}"
+    return reasons

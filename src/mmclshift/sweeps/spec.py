@@ -42,11 +42,10 @@ from mmclshift.config import (
     limit_error,
     read_yaml,
     set_by_path,
-    to_dict,
 )
 from mmclshift.runs import run_dir_name
 
-SWEEP_KEYS = {"base", "overrides", "grid", "random", "name"}
+SWEEP_KEYS = {"base", "overrides", "grid", "random"}
 RANDOM_KEYS = {"n_samples", "sweep_seed", "axes"}
 _RANGE = re.compile(r"^\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?\)\s*$")
 
@@ -57,10 +56,6 @@ class Job:
 
     config: Any
     name: str
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return to_dict(self.config)
 
 
 def _axis_values(key: str, values: Any, source: str) -> Sequence[Any]:
