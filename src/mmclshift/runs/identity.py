@@ -11,7 +11,7 @@ from mmclshift.config import to_dict
 
 #: config keys that change only where or how visibly a run executes, not what it computes
 VOLATILE_KEYS = ("device", "threads", "progress", "train.device", "train.resume", "data.workers",
-                 "data.prefetch", "grid.stacked", "save_checkpoints")
+                 "data.prefetch", "grid.stacked", "save_checkpoints", "train.checkpoint_every")
 
 
 def config_hash(config: Any, length: int = 12) -> str:
