@@ -66,6 +66,11 @@ def config_signature(table: pd.DataFrame, run: str, drop: Sequence[str] = SEED_K
     return json.dumps([_norm(row[c]) for c in config_columns(table) if c not in set(drop)], default=str)
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two config values are equal as a group label compares them (1.0 == 1, NaN == None)."""
+    return json.dumps(_norm(a), default=str) == json.dumps(_norm(b), default=str)
+
+
 def format_label(label: dict[str, Any]) -> str:
     """``key=value, key=value`` (``all runs`` for an empty label)."""
     return ", ".join(f"{k}={_norm(v)}" for k, v in label.items()) or "all runs"
@@ -157,4 +162,4 @@ def matches(label: dict[str, Any], wanted: dict[str, str]) -> bool:
 
 
 __all__ = ["MOVED_ASIDE", "SEED_KEYS", "Group", "claim_groups", "config_columns", "config_signature", "drop_moved_aside", "format_label",
-           "matches", "parse_group_filter"]
+           "matches", "parse_group_filter", "same_value"]

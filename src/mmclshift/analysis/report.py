@@ -19,14 +19,19 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from mmclshift.analysis.claims import (
+    CLAIMS as CLAIM_REGISTRY,
+)
+from mmclshift.analysis.claims import (
     DOC,
+    THEORY_AXES,
     ClaimResult,
     error_line,
     evaluate_claims,
@@ -34,9 +39,16 @@ from mmclshift.analysis.claims import (
     groups_of,
     holds_if,
 )
-from mmclshift.analysis.collect import ROW_KEYS, Collected, binomial_ci, collect, group_over_seeds
+from mmclshift.analysis.collect import (
+    ROW_KEYS,
+    Collected,
+    binomial_ci,
+    collect,
+    group_over_seeds,
+)
 from mmclshift.analysis.er_baseline import table_support
 from mmclshift.analysis.figures import DATA_NAMES, all_figures, er_points
+from mmclshift.analysis.groups import claim_groups, drop_moved_aside, format_label, same_value
 from mmclshift.analysis.robustness import effective_robustness, shift_pairs
 from mmclshift.analysis.stats import t_interval
 from mmclshift.analysis.theory_map import REPORT_MAPS, describe, load_map, report_maps
@@ -185,6 +197,62 @@ def er_summary(er: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass
+class ReportGroup:
+    """Runs of one kind that agree on every config key but the seed and the axes its claims vary
+    (:func:`report_groups`); ``label``: the keys that set it apart from its kind's other groups."""
+
+    kind: str
+    label: dict[str, Any]
+    table: pd.DataFrame
+
+    @property
+    def title(self) -> str:
+        data = DATA_NAMES.get(self.kind, self.kind)
+        return f"{data}: {format_label(self.label)}" if self.label else data
+
+
+def _grouping(kind: str) -> tuple[Sequence[str], Any]:
+    """The axes and baseline rule by which ``kind``'s claims group runs (the first claim of that
+    kind in the registry), so the report's groups are the claims' groups."""
+    for claim in CLAIM_REGISTRY.values():
+        if kind in claim.kinds:
+            return claim.axes, claim.wildcard
+    return THEORY_AXES, None
+
+
+def report_groups(table: pd.DataFrame) -> list[ReportGroup]:
+    """The collected rows split into the groups the report draws separately: per kind, the runs
+    that agree on every config key but the seed and the axes its claims vary (runs moved aside by
+    ``--force`` left out; SL baseline runs may join several groups, as in the claims)."""
+    table, _ = drop_moved_aside(table)
+    if table.empty or "kind" not in table.columns:
+        return []
+    out = []
+    for kind in sorted({str(k) for k in table["kind"].dropna()}):
+        axes, wildcard = _grouping(kind)
+        out += [ReportGroup(kind, dict(g.label), g.table)
+                for g in claim_groups(table, [kind], axes, wildcard) if not g.table.empty]
+    return out
+
+
+def _claim_in_group(r: ClaimResult, g: ReportGroup) -> bool:
+    """Whether claim result ``r`` was computed from ``g``'s runs (its kinds include ``g``'s and
+    its group label agrees with ``g``'s)."""
+    claim = CLAIM_REGISTRY.get(r.claim)
+    if claim is None or g.kind not in claim.kinds:
+        return False
+    for key, value in r.group.items():
+        prefix, sep, rest = key.partition(":")  # "kind:key" in a label over several kinds
+        if sep:
+            if prefix != g.kind:
+                continue
+            key = rest
+        if key in g.label and not same_value(g.label[key], value):
+            return False
+    return True
+
+
+@dataclass
 class ReportContext:
     """What every section builder sees: the collected runs, the figures written, the claims."""
 
@@ -194,6 +262,9 @@ class ReportContext:
     claim_errors: list[tuple[str, str]]
     root: Path | None = None  # run paths are shown relative to this folder when given
     maps: list[dict] = field(default_factory=list)  # theory maps (analysis.theory_map.load_map)
+    prefix: str = ""  # anchor prefix of a group's figures ("g2-")
+    #: with several groups: each group and the context its sections are built from
+    groups: list[tuple[ReportGroup, ReportContext]] = field(default_factory=list)
 
     def rel(self, path: Path | str) -> str:
         if self.root is None:
@@ -207,17 +278,24 @@ class ReportContext:
         """The id of the figure block of ``figure``: the exact key (``figure3:semisynthetic``),
         else the first figure of that name (kind suffix ignored)."""
         if figure in self.figures:
-            return _anchor(figure)
+            return _anchor(figure, self.prefix)
         if ":" in figure:
             return None
         for key in self.figures:
             if key.partition(":")[0] == figure:
-                return _anchor(key)
+                return _anchor(key, self.prefix)
         return None
 
+    def claim_anchor(self, r: ClaimResult) -> str | None:
+        """The id of the figure block that shows claim result ``r`` (in its group's section)."""
+        for _, sub in self.groups:
+            if any(x is r for x in sub.claims):
+                return sub.anchor(r.figure)
+        return self.anchor(r.figure)
 
-def _anchor(key: str) -> str:
-    return "fig-" + key.replace(":", "-").replace("_", "-")
+
+def _anchor(key: str, prefix: str = "") -> str:
+    return "fig-" + prefix + key.replace(":", "-").replace("_", "-")
 
 
 def _doc_href(ctx: ReportContext, claim: str) -> str:
@@ -262,7 +340,7 @@ def _claims_section(ctx: ReportContext) -> str:
     for label, rs in groups_of(ctx.claims):
         rows = []
         for r in rs:
-            a = ctx.anchor(r.figure)
+            a = ctx.claim_anchor(r)
             name = f'<a href="#{a}">{html.escape(r.claim)}</a>' if a else html.escape(r.claim)
             rows.append(
                 f"<tr class='v-{r.verdict}'><td>{name}</td><td>{html.escape(r.paper)}</td>"
@@ -304,10 +382,10 @@ def _figures_section(ctx: ReportContext) -> str:
         claim = CLAIMS.get(base, (base, ""))[1]
         pngs = [p for p in paths if p.suffix == ".png"]
         # each claim beside the one figure that shows it (its figure key, kind included)
-        mine = [r for r in ctx.claims if id(r) not in shown_claims and ctx.anchor(r.figure) == _anchor(key)]
+        mine = [r for r in ctx.claims if id(r) not in shown_claims and ctx.anchor(r.figure) == _anchor(key, ctx.prefix)]
         shown_claims.update(id(r) for r in mine)
         verdicts = _claim_items(ctx, mine)
-        parts.append(f'<div class="fig" id="{_anchor(key)}">{"".join(_img(p) for p in pngs)}'
+        parts.append(f'<div class="fig" id="{_anchor(key, ctx.prefix)}">{"".join(_img(p) for p in pngs)}'
                      f'<div class="claim"><h3>{html.escape(_figure_title(base, kind))}</h3>'
                      f"<p>Paper: {html.escape(claim)}</p>"
                      + (f"<p>Measured:</p><ul>{verdicts}</ul>" if verdicts else "") + "</div></div>")
@@ -435,11 +513,50 @@ def _runs_section(ctx: ReportContext) -> str:
             f"<p>Resolved configs:</p>{''.join(details)}")
 
 
+def _group_contexts(ctx: ReportContext, groups: list[ReportGroup],
+                    fig_dir: Path) -> list[tuple[ReportGroup, ReportContext]]:
+    """One context per group: its rows, its figures (under ``fig_dir/group-<i>``) and the claims
+    computed from its runs (each claim in the first group it matches)."""
+    owner: dict[int, int] = {}
+    for r in ctx.claims:
+        i = next((i for i, g in enumerate(groups) if _claim_in_group(r, g)), 0)
+        owner[id(r)] = i
+    out = []
+    for i, g in enumerate(groups, start=1):
+        col = replace(ctx.col, table=g.table.reset_index(drop=True))
+        figs = all_figures(col.table, fig_dir / f"group-{i}")
+        mine = [r for r in ctx.claims if owner[id(r)] == i - 1]
+        out.append((g, ReportContext(col, figs, mine, [], ctx.root, [], prefix=f"g{i}-")))
+    return out
+
+
+def _demote(page: str) -> str:
+    """Headings one level down (a section inside a group's block)."""
+    for level in (4, 3, 2):
+        page = page.replace(f"<h{level}", f"<h{level + 1}").replace(f"</h{level}>", f"</h{level + 1}>")
+    return page
+
+
+def _groups_html(ctx: ReportContext, builders: Sequence[SectionBuilder]) -> str:
+    parts = [f"<h2 id='groups'>Results by group of runs</h2><p>The runs form {len(ctx.groups)} groups: "
+             "runs of one kind that agree on every config key except the seed and the axes the "
+             "claims vary (the groups of the claims tables). Each group's figures and tables read "
+             "only its own runs; a group is named by the keys that set it apart.</p>"]
+    for i, (g, sub) in enumerate(ctx.groups, start=1):
+        body = "".join(b(sub) for b in builders)
+        parts.append(f"<section class='group' id='group-{i}'><h2>Group {i}: {html.escape(g.title)}</h2>"
+                     f"<p class='muted'>{len(set(g.table['run']))} run(s).</p>{_demote(body)}</section>")
+    return "".join(parts)
+
+
 SectionBuilder = Callable[[ReportContext], str]
 #: the report's sections in order: findings first, the inventory of runs and configs last.
 #: Other modules may insert their own builders (each returns HTML, or "" to be left out).
 SECTIONS: list[SectionBuilder] = [_claims_section, _figures_section, _maps_section, _theory_section,
                                   _er_section, _testbed_section, _results_section, _runs_section]
+#: the sections drawn once per group of runs when the runs form several groups
+GROUP_SECTIONS: list[SectionBuilder] = [_figures_section, _theory_section, _er_section, _testbed_section,
+                                        _results_section]
 
 
 def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
@@ -448,12 +565,25 @@ def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
                  maps: Sequence[dict] = ()) -> str:
     """The page's HTML; ``maps`` are theory maps as :func:`~mmclshift.analysis.theory_map.load_map`
     returns them."""
-    figs = all_figures(col.table, fig_dir)
     results, errors = claims if claims is not None else evaluate_claims(col.table, relative_to=root)
-    ctx = ReportContext(col, figs, results, errors, root, list(maps))
+    groups = report_groups(col.table)
+    if not any(g.label for g in groups):  # one group per kind: every figure and table over all runs
+        ctx = ReportContext(col, all_figures(col.table, fig_dir), results, errors, root, list(maps))
+    else:
+        ctx = ReportContext(col, {}, results, errors, root, list(maps))
+        ctx.groups = _group_contexts(ctx, groups, fig_dir)
     parts = [f"<h1>mmclshift report</h1><p class='muted'>generated "
              f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>"]
-    parts += [b(ctx) for b in (SECTIONS if sections is None else sections)]
+    builders = list(SECTIONS if sections is None else sections)
+    if not ctx.groups:
+        parts += [b(ctx) for b in builders]
+    else:  # the per-group sections at the place of the first of them, one block per group
+        grouped = [b for b in builders if b in GROUP_SECTIONS]
+        for b in builders:
+            if b not in GROUP_SECTIONS:
+                parts.append(b(ctx))
+            elif b is grouped[0]:
+                parts.append(_groups_html(ctx, grouped))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmclshift report"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -488,5 +618,5 @@ def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, *,
     return out
 
 
-__all__ = ["CLAIMS", "DEVIATION_SE", "SECTIONS", "ReportContext", "build_report", "er_refusals", "er_summary",
-           "er_table", "theory_deviations", "write_report"]
+__all__ = ["CLAIMS", "DEVIATION_SE", "GROUP_SECTIONS", "SECTIONS", "ReportContext", "ReportGroup", "build_report", "er_refusals", "er_summary",
+           "er_table", "report_groups", "theory_deviations", "write_report"]
