@@ -21,7 +21,7 @@ takes the lower line). :func:`fit_testbed` does the same, so ImageNet-A has two 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -270,6 +270,86 @@ def _on_testbed_axes(panel: Panel) -> bool:
                                  or (want == "imagenet" and panel.id_split in FULL_VAL))
 
 
+def _point_key(run: str, method: str) -> str:
+    """A plotted point's legend entry: its method, or for a table row without one its model name."""
+    return str(run) if method == "-" else str(method)
+
+
+def _draw_testbed(ax: Any, panel: Panel, tx: Callable[[Any], np.ndarray]) -> tuple[list, list]:
+    """The testbed's models as faded points by type; their (ID, OOD) accuracies for the limits."""
+    if not _on_testbed_axes(panel):
+        return [], []
+    tb = fit_points(panel.ood)
+    group = tb["model_type"].where(tb["model_type"].isin(list(TYPE_COLOURS)), "OTHER")
+    for mtype in [*TYPE_COLOURS, "OTHER"]:
+        g = tb[group == mtype]
+        if g.empty:
+            continue
+        ax.scatter(tx(g["id"]), tx(g["ood"]), s=9, alpha=0.3, linewidths=0,
+                   color=TYPE_COLOURS.get(mtype, "#333333"), zorder=2,
+                   label=f"testbed: {mtype.lower().replace('_', ' ')}")
+    ok = tb["ood"] > 0
+    return list(tb["id"]), list(tb["ood"][ok])
+
+
+def _draw_lines(ax: Any, panel: Panel, tx: Callable[[Any], np.ndarray]) -> None:
+    """The baseline line(s) with the bootstrap band, dotted where extrapolated."""
+    for i, (bx, fit, lo, hi, (x0, x1)) in enumerate(panel.lines):
+        ax.fill_between(tx(bx), tx(lo), tx(hi), color="tab:red", alpha=0.25, lw=0,
+                        zorder=3, label="95% bootstrap band" if i == 0 else None)
+        inside = (bx >= x0) & (bx <= x1)
+        ax.plot(tx(bx[inside]), tx(fit[inside]), color="tab:red", lw=1.4, zorder=4,
+                label=panel.baseline if i == 0 else None)
+        for part in (bx < x0, bx > x1):
+            if part.sum() > 1:
+                ax.plot(tx(bx[part]), tx(fit[part]), color="tab:red", lw=1.1, ls=":",
+                        zorder=4, label="line extrapolated" if i == 0 else None)
+
+
+def _draw_runs(ax: Any, pts: pd.DataFrame, tx: Callable[[Any], np.ndarray],
+               colour: dict[str, str]) -> None:
+    """The user's runs: CLIP and SL in distinct markers, Clopper-Pearson bars where counts exist,
+    one legend entry per method (or model)."""
+    for (method, run), g in pts.groupby(["method", "run"], sort=False):
+        fam = method_family(str(run), str(method))
+        x, y = tx(g["id_acc"]), tx(g["ood_acc"])
+        xl, xh = tx(g["id_ci_lo"]), tx(g["id_ci_hi"])
+        yl, yh = tx(g["ood_ci_lo"]), tx(g["ood_ci_hi"])
+        if np.isfinite(xl).all() and np.isfinite(yl).all():
+            ax.errorbar(x, y, xerr=[x - xl, xh - x], yerr=[y - yl, yh - y], fmt="none",
+                        lw=0.8, capsize=2, color=colour[_point_key(run, method)], zorder=5)
+        ax.scatter(x, y, s=110 if fam == "clip" else 45, marker=FAMILY_MARKERS[fam],
+                   color=colour[_point_key(run, method)], edgecolors="black", linewidths=0.5,
+                   zorder=6)
+    shown: dict[str, str] = {}
+    for run, method in zip(pts["run"], pts["method"], strict=True):
+        shown.setdefault(_point_key(run, method), method_family(str(run), str(method)))
+    for k, fam in shown.items():
+        ax.scatter([], [], s=80 if fam == "clip" else 40, marker=FAMILY_MARKERS[fam],
+                   color=colour[k], edgecolors="black", linewidths=0.5,
+                   label=f"{k} ({'CLIP' if fam == 'clip' else 'SL'})")
+
+
+def _set_axes(ax: Any, panel: Panel, values: list, tx: Callable[[Any], np.ndarray],
+              transform_kind: Transform) -> None:
+    """Square limits around ``values`` (accuracies), y = x, percent ticks, labels and title."""
+    finite = [v for v in values if 0 < v < 1]
+    lo_acc = max(min(finite) * 0.8, 1e-3) if finite else 0.01
+    hi_acc = min(1 - (1 - max(finite)) * 0.7, 0.999) if finite else 0.99
+    lim = (float(tx(lo_acc)), float(tx(hi_acc)))
+    ax.plot(lim, lim, ls="--", color="black", lw=1, zorder=1, label="y = x")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ticks = np.array([t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9,
+                                  0.95, 0.98, 0.99) if lo_acc <= t <= hi_acc])
+    ax.set_xticks(tx(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(tx(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlabel(f"{panel.id_split} top-1, % ({transform_kind} axis)")
+    ax.set_ylabel(f"{panel.ood} top-1, % ({transform_kind} axis)")
+    kind = f" [{panel.kind}]" if panel.kind not in (None, "") else ""
+    ax.set_title(f"{panel.ood} vs {panel.id_split}{kind}")
+
+
 def plot_panels(panels: Sequence[Panel], out: str | Path, *, transform_kind: Transform = "logit",
                 title: str | None = None) -> Path:
     """Draw each shift as the field does: ID vs OOD accuracy on logit axes, the testbed's models
@@ -288,80 +368,23 @@ def plot_panels(panels: Sequence[Panel], out: str | Path, *, transform_kind: Tra
         raise UserError("nothing to plot: no shift has a fitted line")
     out = Path(out)
 
-    def tx(v):
+    def tx(v: Any) -> np.ndarray:
         return transform(np.asarray(v, dtype=np.float64), transform_kind)
 
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    def key(run: str, method: str) -> str:  # a table row without a method: its model name
-        return str(run) if method == "-" else str(method)
-
-    keys = list(dict.fromkeys(key(r, m) for p in panels
+    keys = list(dict.fromkeys(_point_key(r, m) for p in panels
                               for r, m in zip(p.points["run"], p.points["method"], strict=True)))
     colour = {k: USER_COLOURS[i % len(USER_COLOURS)] for i, k in enumerate(keys)}
     with plt.rc_context({"figure.dpi": 110, "font.size": 8, "axes.grid": True,
                          "grid.alpha": 0.3}):
         fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.1 * rows), squeeze=False)
         for ax, panel in zip(axes.ravel(), panels, strict=False):
-            xs = list(panel.points["id_acc"])
-            ys = list(panel.points["ood_acc"])
-            if _on_testbed_axes(panel):
-                tb = fit_points(panel.ood)
-                group = tb["model_type"].where(tb["model_type"].isin(list(TYPE_COLOURS)), "OTHER")
-                for mtype in [*TYPE_COLOURS, "OTHER"]:
-                    g = tb[group == mtype]
-                    if g.empty:
-                        continue
-                    ax.scatter(tx(g["id"]), tx(g["ood"]), s=9, alpha=0.3, linewidths=0,
-                               color=TYPE_COLOURS.get(mtype, "#333333"), zorder=2,
-                               label=f"testbed: {mtype.lower().replace('_', ' ')}")
-                ok = tb["ood"] > 0
-                xs += list(tb["id"])
-                ys += list(tb["ood"][ok])
-            for i, (bx, fit, lo, hi, (x0, x1)) in enumerate(panel.lines):
-                ax.fill_between(tx(bx), tx(lo), tx(hi), color="tab:red", alpha=0.25, lw=0,
-                                zorder=3, label="95% bootstrap band" if i == 0 else None)
-                inside = (bx >= x0) & (bx <= x1)
-                ax.plot(tx(bx[inside]), tx(fit[inside]), color="tab:red", lw=1.4, zorder=4,
-                        label=panel.baseline if i == 0 else None)
-                for part in (bx < x0, bx > x1):
-                    if part.sum() > 1:
-                        ax.plot(tx(bx[part]), tx(fit[part]), color="tab:red", lw=1.1, ls=":",
-                                zorder=4, label="line extrapolated" if i == 0 else None)
-            pts = panel.points
-            for (method, run), g in pts.groupby(["method", "run"], sort=False):
-                fam = method_family(str(run), str(method))
-                x, y = tx(g["id_acc"]), tx(g["ood_acc"])
-                xl, xh = tx(g["id_ci_lo"]), tx(g["id_ci_hi"])
-                yl, yh = tx(g["ood_ci_lo"]), tx(g["ood_ci_hi"])
-                if np.isfinite(xl).all() and np.isfinite(yl).all():
-                    ax.errorbar(x, y, xerr=[x - xl, xh - x], yerr=[y - yl, yh - y], fmt="none",
-                                lw=0.8, capsize=2, color=colour[key(run, method)], zorder=5)
-                ax.scatter(x, y, s=110 if fam == "clip" else 45, marker=FAMILY_MARKERS[fam],
-                           color=colour[key(run, method)], edgecolors="black", linewidths=0.5,
-                           zorder=6)
-            shown: dict[str, str] = {}
-            for run, method in zip(pts["run"], pts["method"], strict=True):
-                shown.setdefault(key(run, method), method_family(str(run), str(method)))
-            for k, fam in shown.items():
-                ax.scatter([], [], s=80 if fam == "clip" else 40, marker=FAMILY_MARKERS[fam],
-                           color=colour[k], edgecolors="black", linewidths=0.5,
-                           label=f"{k} ({'CLIP' if fam == 'clip' else 'SL'})")
-            finite = [v for v in xs + ys if 0 < v < 1]
-            lo_acc = max(min(finite) * 0.8, 1e-3) if finite else 0.01
-            hi_acc = min(1 - (1 - max(finite)) * 0.7, 0.999) if finite else 0.99
-            lim = (float(tx(lo_acc)), float(tx(hi_acc)))
-            ax.plot(lim, lim, ls="--", color="black", lw=1, zorder=1, label="y = x")
-            ax.set_xlim(*lim)
-            ax.set_ylim(*lim)
-            ticks = np.array([t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9,
-                                          0.95, 0.98, 0.99) if lo_acc <= t <= hi_acc])
-            ax.set_xticks(tx(ticks), [f"{100 * t:g}" for t in ticks])
-            ax.set_yticks(tx(ticks), [f"{100 * t:g}" for t in ticks])
-            ax.set_xlabel(f"{panel.id_split} top-1, % ({transform_kind} axis)")
-            ax.set_ylabel(f"{panel.ood} top-1, % ({transform_kind} axis)")
-            kind = f" [{panel.kind}]" if panel.kind not in (None, "") else ""
-            ax.set_title(f"{panel.ood} vs {panel.id_split}{kind}")
+            tb_x, tb_y = _draw_testbed(ax, panel, tx)
+            _draw_lines(ax, panel, tx)
+            _draw_runs(ax, panel.points, tx, colour)
+            _set_axes(ax, panel, [*panel.points["id_acc"], *panel.points["ood_acc"], *tb_x, *tb_y],
+                      tx, transform_kind)
         for ax in axes.ravel()[len(panels):]:
             ax.set_visible(False)
         legend: dict[str, Any] = {}
