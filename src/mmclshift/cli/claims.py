@@ -36,6 +36,7 @@ from mmclshift.analysis.claims import (
 from mmclshift.analysis.collect import collect
 from mmclshift.analysis.decide import DEFAULT_BUDGET, describe_open, plan, run_plan
 from mmclshift.analysis.groups import parse_group_filter
+from mmclshift.cli.common import int_at_least, refuse_foreign_out
 from mmclshift.errors import UserError
 
 HELP = "compute the paper's claims from runs: statistic, 95% interval, verdict (claims.json)"
@@ -48,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decide", action="store_true",
                         help="add seeds to the claims left inconclusive by their interval's width, "
                              "then recompute (one run folder)")
-    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    parser.add_argument("--budget", type=int_at_least(1), default=DEFAULT_BUDGET,
                         help=f"--decide: at most this many seeds per claim (default {DEFAULT_BUDGET})")
     parser.add_argument("--no-progress", action="store_true", help="--decide: hide progress bars")
     parser.add_argument("--strict", action="store_true", help="a damaged finished run is an error")
@@ -59,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     wanted = parse_group_filter(args.group)
+    if args.out:  # before any seed is trained or any run read
+        refuse_foreign_out(args.out, [CLAIMS_FILE, "report.html"], "claims folder")
     if args.decide:
         if len(args.run_dirs) != 1:
             raise UserError("--decide takes one run folder (new seeds are written under it)")

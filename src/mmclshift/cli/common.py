@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -52,6 +53,17 @@ def seed_arg(text: str) -> int:
     if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         raise argparse.ArgumentTypeError(f"a seed must be in [0, 2^63 - 1]; got {value}")
     return value
+
+
+def refuse_foreign_out(out: str | Path, known: Iterable[str], what: str) -> None:
+    """An ``--out`` folder that exists, is not empty and holds neither the ``known`` entries nor
+    any run directory is refused in one line (:func:`mmclshift.runs.refuse_foreign_folder`)."""
+    from mmclshift.runs import CONFIG_FILE, DONE_FILE, refuse_foreign_folder
+
+    path = Path(out)
+    if path.is_dir() and any(next(path.rglob(m), None) is not None for m in (CONFIG_FILE, DONE_FILE)):
+        return  # a folder of runs
+    refuse_foreign_folder(path, known, what)
 
 
 def print_json_lines(records: Iterable[Mapping[str, Any]], stream=None) -> None:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from mmclshift.cli.common import int_at_least
+from mmclshift.cli.common import int_at_least, refuse_foreign_out
 from mmclshift.demo import SCALES, run_demo
+
+#: what a demo folder holds (mmclshift.demo.run_demo writes these)
+DEMO_ENTRIES = ("theory", "semisynthetic", "claims.json", "report.html", "figures", "theory-maps")
 
 HELP = "run the paper's experiments end to end (seeds, claims with verdicts, report)"
 
@@ -34,6 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_foreign_out(args.out, DEMO_ENTRIES, "demo folder")
     run_demo(args.out, scale=args.scale, progress=not args.no_progress, workers=args.workers,
              overrides=args.overrides, config=args.config)
     return 0
