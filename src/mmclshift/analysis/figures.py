@@ -183,7 +183,7 @@ def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
     except UserError:  # e.g. every baseline run has the same ID accuracy: no line to draw
         return []
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.6, 3.8))
+        fig, ax = plt.subplots(figsize=(6.0, 4.4))
         tx = lambda v: transform(v, "logit")  # noqa: E731
         ax.fill_between(tx(er.band_x), tx(er.band_lo), tx(er.band_hi), color="grey", alpha=0.25,
                         label=f"{baseline} fit, 95% bootstrap band")
@@ -196,9 +196,11 @@ def figure_3(table: pd.DataFrame, out_dir: str | Path, *, id_split: str = "id",
                 ax.errorbar(x, y, xerr=[x - xl, xh - x], yerr=[y - yl, yh - y], fmt="none", lw=0.6,
                             color=METHOD_COLOURS.get(str(method)), alpha=0.5, zorder=2)
             ax.scatter(x, y, s=22, color=METHOD_COLOURS.get(str(method)), label=str(method), zorder=3)
-        ticks = np.array([0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99])
-        ax.set_xticks(tx(ticks), [f"{t:g}" for t in ticks])
-        ax.set_yticks(tx(ticks), [f"{t:g}" for t in ticks])
+        # ticks at least ~0.7 logit apart (labels never run together), inside the drawn range
+        ticks = np.array([0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.99])
+        for lim, set_ticks in ((ax.get_xlim(), ax.set_xticks), (ax.get_ylim(), ax.set_yticks)):
+            keep = ticks[(tx(ticks) >= lim[0]) & (tx(ticks) <= lim[1])]
+            set_ticks(tx(keep), [f"{t:g}" for t in keep])
         ax.set_xlabel(f"ID accuracy ({id_split}, logit scale)")
         ax.set_ylabel(f"OOD accuracy ({ood_split}, logit scale)")
         ax.set_title(f"{title}\n(bars: 95% Clopper-Pearson per run)", fontsize=8)

@@ -89,6 +89,8 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}th{background:#f3f3f3}
 .fig{display:flex;gap:1.5em;align-items:flex-start;margin:1em 0;flex-wrap:wrap}
 .fig img{max-width:min(620px,100%);border:1px solid #eee}.claim{max-width:420px}
+.fig .figtitle{flex-basis:100%;margin:0}.fig .grow{flex:1 1 360px;max-width:none;min-width:0}
+.fig .grow p{margin:.3em 0}
 .flag{background:#ffe0e0}.ok{background:#e6f6e6}.v-holds td{background:#e6f6e6}
 .v-fails td{background:#ffe0e0}.v-inconclusive td{background:#fff6d6}pre{background:#f7f7f7;padding:.6em;font-size:.8em;
 overflow-x:auto}.muted{color:#777}
@@ -385,8 +387,10 @@ def _figures_section(ctx: ReportContext) -> str:
         mine = [r for r in ctx.claims if id(r) not in shown_claims and ctx.anchor(r.figure) == _anchor(key, ctx.prefix)]
         shown_claims.update(id(r) for r in mine)
         verdicts = _claim_items(ctx, mine)
-        parts.append(f'<div class="fig" id="{_anchor(key, ctx.prefix)}">{"".join(_img(p) for p in pngs)}'
-                     f'<div class="claim"><h3>{html.escape(_figure_title(base, kind))}</h3>'
+        # title first; the claims beside the figure, or below it at full width when it is two panels
+        parts.append(f'<div class="fig" id="{_anchor(key, ctx.prefix)}">'
+                     f'<h3 class="figtitle">{html.escape(_figure_title(base, kind))}</h3>'
+                     f'{"".join(_img(p) for p in pngs)}<div class="claim grow">'
                      f"<p>Paper: {html.escape(claim)}</p>"
                      + (f"<p>Measured:</p><ul>{verdicts}</ul>" if verdicts else "") + "</div></div>")
     orphans = [r for r in ctx.claims if id(r) not in shown_claims]
