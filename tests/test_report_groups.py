@@ -117,3 +117,36 @@ def test_grouped_page_fits_a_1400px_window_in_headless_chromium(tmp_path):
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert result["images"] == 8 and result["bad"] == [] and result["errors"] == []
     assert result["clientWidth"] <= 1400 and result["scrollWidth"] <= result["clientWidth"], result
+
+
+def _synthetic(root, kind: str, n_train: int, seed: int, mmcl: float, sl: float) -> None:
+    run = RunDir.create(root / f"{kind}-n{n_train}-s{seed}", {"kind": kind, "seed": seed, "n_train": n_train})
+    for method, acc in (("mmcl", mmcl), ("sl", sl)):
+        run.log_metrics({"event": "eval", "method": method, "split": "ood", "accuracy": acc, "n": 10000,
+                         "correct": round(acc * 10000), "theory": acc})
+    run.mark_done()
+
+
+def test_a_second_config_of_one_kind_splits_only_that_kind(tmp_path):
+    """Data Model 1 at two n_train (two groups) beside Data Model 2 at one: three blocks; each
+    Data Model 1 claim sits in its own group's block and reads only its runs."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _synthetic(root, "data_model_1", 100, seed, 0.8101 + seed / 100, 0.6101)
+        _synthetic(root, "data_model_1", 200, seed, 0.9203 + seed / 100, 0.5203)
+        _synthetic(root, "data_model_2", 100, seed, 0.7307 + seed / 100, 0.6307)
+    page = write_report([root], tmp_path / "report.html").read_text()
+    titles = re.findall(r"<h2>Group (\d): ([^<]*)</h2>", page)
+    assert [t for _, t in titles] == ["Data Model 1 (synthetic): n_train=100",
+                                      "Data Model 1 (synthetic): n_train=200", "Data Model 2 (synthetic)"]
+    sections = _sections(page)
+    # each block's theory table holds its runs' accuracies only
+    assert "<td>0.8101</td>" in sections[0] and "<td>0.9203</td>" not in sections[0]
+    assert "<td>0.9203</td>" in sections[1] and "<td>0.8101</td>" not in sections[1]
+    assert "<td>0.7307</td>" in sections[2] and "<td>0.8101</td>" not in sections[2]
+    # the gap claim of each Data Model 1 group: MMCL - SL over its own two seeds, beside its figure
+    for i, gap in ((0, 0.8151 - 0.6101), (1, 0.9253 - 0.5203)):
+        assert re.search(rf"dm1_mmcl_beats_sl_ood <span class='muted'>\[n_train=\d+\]</span>: "
+                         rf"\+{gap:.3f}", sections[i]), i
+        assert f'<a href="#fig-g{i + 1}-theory">dm1_mmcl_beats_sl_ood</a>' in page
+    assert "<h3>Group: all runs of Data Model 2 (synthetic)</h3>" in page
