@@ -150,3 +150,20 @@ def test_a_second_config_of_one_kind_splits_only_that_kind(tmp_path):
                          rf"\+{gap:.3f}", sections[i]), i
         assert f'<a href="#fig-g{i + 1}-theory">dm1_mmcl_beats_sl_ood</a>' in page
     assert "<h3>Group: all runs of Data Model 2 (synthetic)</h3>" in page
+
+
+def test_runs_moved_aside_are_in_no_figure_or_table(tmp_path):
+    root = tmp_path / "runs"
+    _grid(root, 0.9)
+    old = RunDir.create(root / "c0.9-grid-1.0-1.0.replaced-20260101T000000Z", {
+        "kind": "semisynthetic", "seed": 0, "methods": ["mmcl"],
+        "data": {"pi_core": 1.0, "pi_spu": 1.0, "p_color": 0.9}})
+    for split, acc in (("id", 0.4321), ("ood", 0.3217)):
+        old.log_metrics({"event": "eval", "method": "mmcl", "split": split, "accuracy": acc,
+                         "n": 1000, "correct": round(acc * 1000)})
+    old.mark_done()
+    page = write_report([root], tmp_path / "report.html").read_text()
+    assert "<td>0.4321</td>" not in page and "<td>0.3217</td>" not in page
+    assert "<td>0.8300</td>" in page  # the run that replaced it
+    assert re.search(r"Not read \(moved aside by <code>--force</code>[^<]*</p>", page)
+    assert "c0.9-grid-1.0-1.0.replaced-20260101T000000Z" in page.split("Not read (moved aside")[1]

@@ -267,6 +267,7 @@ class ReportContext:
     prefix: str = ""  # anchor prefix of a group's figures ("g2-")
     #: with several groups: each group and the context its sections are built from
     groups: list[tuple[ReportGroup, ReportContext]] = field(default_factory=list)
+    aside: list[str] = field(default_factory=list)  # runs moved aside by --force (not read)
 
     def rel(self, path: Path | str) -> str:
         if self.root is None:
@@ -520,6 +521,9 @@ def _runs_section(ctx: ReportContext) -> str:
         skipped = (f"<p>Skipped {len(col.failed)} failed and {len(col.incomplete)} incomplete run "
                    f"director{'y' if n == 1 else 'ies'}: "
                    + html.escape(", ".join(ctx.rel(p) for p in col.failed + col.incomplete)) + "</p>")
+    if ctx.aside:
+        skipped += ("<p>Not read (moved aside by <code>--force</code>, superseded by the run that "
+                    "replaced them): " + html.escape(", ".join(ctx.rel(p) for p in ctx.aside)) + "</p>")
     hw = "".join(f"<li>{html.escape(h)}</li>" for h in sorted(hardware))
     return (f"<h2>What was run</h2><p>{html.escape(col.summary())}.</p>{skipped}"
             f"<p>Hardware:</p><ul>{hw}</ul>{_table_html(pd.DataFrame(rows))}"
@@ -579,12 +583,15 @@ def build_report(col: Collected, fig_dir: Path, *, root: Path | None = None,
     """The page's HTML; ``maps`` are theory maps as :func:`~mmclshift.analysis.theory_map.load_map`
     returns them."""
     results, errors = claims if claims is not None else evaluate_claims(col.table, relative_to=root)
+    table, aside = drop_moved_aside(col.table)  # superseded by --force: in no figure or table
+    col = replace(col, table=table.reset_index(drop=True))
     groups = report_groups(col.table)
     if not any(g.label for g in groups):  # one group per kind: every figure and table over all runs
         ctx = ReportContext(col, all_figures(col.table, fig_dir), results, errors, root, list(maps))
     else:
         ctx = ReportContext(col, {}, results, errors, root, list(maps))
         ctx.groups = _group_contexts(ctx, groups, fig_dir)
+    ctx.aside = aside
     parts = [f"<h1>mmclshift report</h1><p class='muted'>generated "
              f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>"]
     builders = list(SECTIONS if sections is None else sections)
