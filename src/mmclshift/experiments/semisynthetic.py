@@ -35,7 +35,8 @@ from mmclshift.data.semisynthetic import (
     build_splits,
     zero_shot_prompts,
 )
-from mmclshift.evaluate.semisynthetic import accuracy, predict, zero_shot_head
+from mmclshift.evaluate.metrics import accuracy
+from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
 from mmclshift.losses import intra_class_ablation_loss
 from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
 from mmclshift.report_text import format_table

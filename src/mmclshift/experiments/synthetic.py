@@ -32,11 +32,11 @@ from mmclshift.data.synthetic import (
     build_data_model,
 )
 from mmclshift.evaluate.linear import (
-    accuracy,
     classifier_rule,
     population_accuracy,
     zero_shot_rule,
 )
+from mmclshift.evaluate.metrics import accuracy
 from mmclshift.runs import RunDir
 from mmclshift.theory.accuracy import batch_rule_accuracies
 from mmclshift.theory.linear import (
@@ -303,7 +303,7 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
         test = job.test_draw(split)
         for method in METHODS:
             rule = rules[method]
-            acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
+            acc, correct, n = accuracy(rule.scores(test.x_image).argmax(dim=1), test.labels)
             rec = {
                 "event": "eval", "method": method, "split": split, "accuracy": acc,
                 "n": n, "correct": correct, "step": None,

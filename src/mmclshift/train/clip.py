@@ -44,6 +44,7 @@ from mmclshift.data.image_text import PairStream
 from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
+from mmclshift.train import optim
 from mmclshift.train.clip_settings import TrainSettings  # defined apart (no torch); used from here
 
 log = logging.getLogger(__name__)
@@ -105,17 +106,14 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Ada
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     try:
-        return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        return optim.make_optimizer(groups, "adamw", settings.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+        return optim.make_optimizer(groups, "adamw", settings.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
     """Linear warmup then cosine decay to 0 (OpenCLIP's default schedule)."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    span = max(1, s.steps - s.warmup_steps)
-    return 0.5 * s.lr * (1 + math.cos(math.pi * (step - s.warmup_steps) / span))
+    return s.lr * optim.warmup_cosine(step, s.steps, s.warmup_steps)
 
 
 # --------------------------------------------------------------------------- the step

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from mmclshift.config import nonnegative, param, positive
 from mmclshift.losses import clip_loss, cross_entropy_loss, linear_mmcl_loss
+from mmclshift.train.optim import make_optimizer, warmup_cosine
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -65,21 +66,16 @@ class MMCLLossConfig:
     rho: float = param(1.0, help="regulariser rho of the linear loss", check=positive)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def optimizer_for(params: list[nn.Parameter], cfg: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``params`` (SGD with momentum 0.9); ``fused`` selects PyTorch's fused
+    Adam/AdamW kernel (the same update up to float rounding)."""
+    return make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9,
+                          fused=fused and cfg.optimizer in ("adam", "adamw"))
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if not cfg.cosine:
-        return 1.0
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    """Learning-rate factor at ``step``: :func:`~mmclshift.train.optim.warmup_cosine` of ``cfg``."""
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps, cosine=cfg.cosine)
 
 
 def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +121,7 @@ def train_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    opt = optimizer_for(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     n = images.shape[0]
     bar = tqdm(total=cfg.steps, desc=f"train {method}", unit="step", disable=not progress,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mmclshift.config import ConfigError, nonnegative, param, positive
 from mmclshift.losses import clip_loss, cross_entropy_loss, linear_mmcl_loss, logistic_loss
 from mmclshift.models.linear import LinearClassifier, LinearEncoders
+from mmclshift.train.optim import make_optimizer
 
 Logger = Callable[[dict], None]
 
@@ -73,16 +74,6 @@ class SLConfig:
 # --------------------------------------------------------------------------- helpers
 
 
-def _make_optimizer(params: list[torch.Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=20, history_size=50,
-                             tolerance_grad=1e-12, tolerance_change=1e-15,
-                             line_search_fn="strong_wolfe")
-
-
 def _batches(n: int, cfg: OptimConfig, generator: torch.Generator, device: torch.device):
     """Yield index tensors (or None for the full batch) for each step."""
     if cfg.batch_size == 0 or cfg.batch_size >= n:
@@ -103,7 +94,7 @@ def _run_steps(closure_for: Callable[[torch.Tensor | None], torch.Tensor], param
                desc: str, progress: bool, log: Logger | None) -> float:
     if cfg.optimizer == "lbfgs" and cfg.batch_size not in (0,) and cfg.batch_size < n:
         raise ConfigError("config key 'optim.optimizer': lbfgs needs full-batch training (batch_size: 0)")
-    opt = _make_optimizer(params, cfg)
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr)
     batches = _batches(n, cfg, generator, device)
     loss_value = float("nan")
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False, unit="step")

@@ -57,7 +57,7 @@ from mmclshift.train.images import (
     TrainConfig,
     batches,
     lr_factor,
-    make_optimizer,
+    optimizer_for,
     random_translate,
 )
 
@@ -239,11 +239,8 @@ def stack_optimizer(params: list[torch.Tensor], cfg: TrainConfig, *, fused: bool
     ``fused=True`` (one kernel per tensor instead of a chain of elementwise ops; a whole stacked
     step of 36 full-MNIST cells measured 1.07x faster (CPU and wall clock), see
     benchmarks/stack_optimizer.py; the same update up to float rounding). SGD as
-    :func:`~mmclshift.train.images.make_optimizer` builds it."""
-    if fused and cfg.optimizer in ("adam", "adamw"):
-        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    return make_optimizer(params, cfg)
+    :func:`~mmclshift.train.images.optimizer_for` builds it."""
+    return optimizer_for(params, cfg, fused=fused)
 
 
 def _advance(stream: Any, gen: torch.Generator, steps: int, cfg: TrainConfig) -> None:
