@@ -37,17 +37,15 @@ from mmclshift.data.semisynthetic import (
 )
 from mmclshift.evaluate.metrics import accuracy
 from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
-from mmclshift.losses import intra_class_ablation_loss
 from mmclshift.models.towers import ModelConfig, SupervisedModel, TwoTowerModel
 from mmclshift.report_text import format_table
 from mmclshift.runs import RunDir, check_run_dir, eval_records, seed_everything
 from mmclshift.threads import TIER_THREADS, check_threads, torch_threads
 from mmclshift.train.images import (
+    IMAGE_METHODS,
     MMCLLossConfig,
     TrainConfig,
     clamp_logit_scale,
-    mmcl_loss_fn,
-    sl_loss_fn,
     train_loop,
 )
 
@@ -55,8 +53,8 @@ from mmclshift.train.images import (
 #: of Figure 3c (MMCL with the CLIP loss, the in-batch negatives of the anchor's own digit removed:
 #: ``losses.intra_class_ablation_loss`` on the digit labels -- at pi_core = 1 every caption names
 #: its digit, so these are also the captions' classes)
-METHODS = ("mmcl", "sl", "mmcl_no_intra")
-TWO_TOWER = ("mmcl", "mmcl_no_intra")
+METHODS = tuple(IMAGE_METHODS)
+TWO_TOWER = tuple(m for m, spec in IMAGE_METHODS.items() if spec.contrastive)
 FIGURE2_AXIS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the pi_core and pi_spu values of the demo's grid
 TEST_SPLITS = tuple(s for s in SPLIT_KINDS if s != "train")
 
@@ -150,38 +148,16 @@ def _run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, device: torch.d
         # the same init stream and the same minibatch/augmentation stream for both methods
         model = new_model(cfg, method, device)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        if method == "mmcl":
-            stats = train_loop(model, mmcl_loss_fn(model, cfg.mmcl), images, train.tokens, cfg.train,
-                               gen, method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer,
-                               after_step=_after_step(cfg, run, data, method, model, device,
-                                                       clamp_logit_scale(model, cfg.mmcl)))
-        elif method == "mmcl_no_intra":  # the digit label rides along as the tokens' last column
-            targets = torch.cat([train.tokens, train.labels.to(train.tokens.dtype)[:, None]], dim=1)
-            stats = train_loop(model, no_intra_loss_fn(model), images, targets, cfg.train,
-                               gen, method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer,
-                               after_step=_after_step(cfg, run, data, method, model, device,
-                                                      clamp_logit_scale(model, cfg.mmcl)))
-        else:
-            stats = train_loop(model, sl_loss_fn(model), images, train.labels, cfg.train, gen,
-                               method=method, device=device, progress=progress,
-                               log=run.log_metrics, writer=writer,
-                               after_step=_after_step(cfg, run, data, method, model, device))
+        spec = IMAGE_METHODS[method]
+        clamp = clamp_logit_scale(model, cfg.mmcl) if spec.contrastive else None
+        stats = train_loop(model, spec.loss(model, cfg.mmcl), images, spec.targets(train), cfg.train,
+                           gen, method=method, device=device, progress=progress,
+                           log=run.log_metrics, writer=writer,
+                           after_step=_after_step(cfg, run, data, method, model, device, clamp))
         throughput[method] = stats["samples_per_s"]
         models[method] = model
         save_model(cfg, run, method, model)
     return finish_run(cfg, run, digits, data, models, throughput, t0, device, writer)
-
-
-def no_intra_loss_fn(model: TwoTowerModel) -> Any:
-    """CLIP's loss without same-class negatives, on targets = tokens with the label appended."""
-
-    def loss(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        tokens, labels = targets[:, :-1], targets[:, -1]
-        return intra_class_ablation_loss(model.image(x), model.text(tokens), model.logit_scale.exp(), labels)
-
-    return loss
 
 
 def start_run(cfg: SemiSyntheticExperiment, run: RunDir, digits: Any, *, log: bool = True) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from mmclshift.errors import UserError
 from mmclshift.experiments import semisynthetic as semi
 from mmclshift.runs import CHECKPOINT_DIR, RunDir, check_run_dir, identity_hash, load_checkpoint
 from mmclshift.threads import torch_threads
+from mmclshift.train.images import IMAGE_METHODS
 from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reason
 
 
@@ -178,8 +179,8 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                 train = data["train"]
                 images = train.images.to(device) if device.type == "cuda" else train.images
                 cells.append(StackedCell(semi.new_model(cfg, method, device), images,
-                                         train.tokens if method == "mmcl" else train.labels,
-                                         cfg.seed + 1, _logger(run, writer)))
+                                         IMAGE_METHODS[method].targets(train), cfg.seed + 1,
+                                         _logger(run, writer), name=run.path.name))
 
             def save(step: int, cell_states: list[dict[str, Any]]) -> None:
                 for (_, cfg), run, st in zip(members, runs, cell_states, strict=True):

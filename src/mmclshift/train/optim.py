@@ -4,6 +4,7 @@
 builds one (the linear, semi-synthetic, stacked and batched trainers; the real-data trainer adds
 OpenCLIP's betas, eps and weight-decay groups). :func:`warmup_cosine` is the learning-rate factor
 of a linear warm-up then a cosine decay to 0 (OpenCLIP's default schedule).
+:func:`check_finite_loss` stops every trainer the same way when its loss diverges.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from mmclshift.errors import UserError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -55,4 +58,15 @@ def warmup_cosine(step: int, steps: int, warmup_steps: int = 0, *, cosine: bool 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "warmup_cosine"]
+class NonFiniteLoss(UserError, FloatingPointError):
+    """A training loss became NaN or infinite (the run stops there; nothing is marked done)."""
+
+
+def check_finite_loss(value: float, what: str, step: int, *, lr_key: str = "train.lr") -> None:
+    """Stop training with a one-line :class:`NonFiniteLoss` naming ``what`` (the method or cell)
+    and the step when ``value`` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{what}: loss became {value} at step {step}; lower {lr_key}")
+
+
+__all__ = ["OPTIMIZERS", "NonFiniteLoss", "check_finite_loss", "make_optimizer", "warmup_cosine"]
