@@ -16,7 +16,7 @@ from the latest step all its unfinished runs hold (:func:`resume_step`), appendi
 marker to each run's metrics (the marker single runs write, so
 :func:`mmclshift.runs.read_metrics` drops the ``train`` records logged after the checkpoint); a
 finished run deletes its stack checkpoints. With ``train.eval_every``, each run logs learning-curve
-points (:func:`mmclshift.experiments.semisynthetic.log_curve`).
+points (:func:`mmclshift.experiments.semisynthetic_run.log_curve`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from mmclshift.config import to_dict
 from mmclshift.data.digits import load_digits
 from mmclshift.errors import UserError
-from mmclshift.experiments import semisynthetic as semi
+from mmclshift.experiments import semisynthetic_run as semi
 from mmclshift.runs import CHECKPOINT_DIR, RunDir, check_run_dir, identity_hash, load_checkpoint
 from mmclshift.threads import torch_threads
 from mmclshift.train.images import IMAGE_METHODS
