@@ -19,7 +19,7 @@ def zero_shot_head(model: nn.Module, prompts: torch.Tensor, device: torch.device
 
 
 @torch.no_grad()
-def predict(encode: nn.Module, images: torch.Tensor, device: torch.device, *,
+def predict_classes(encode: nn.Module, images: torch.Tensor, device: torch.device, *,
             head: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes for uint8 images (n, 3, H, W): argmax of ``encode(x)`` (SL logits), or of
     cosine similarity to ``head`` (zero-shot) when given."""

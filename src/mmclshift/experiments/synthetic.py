@@ -228,7 +228,7 @@ def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float 
     return {(r["method"], r["split"]): r["accuracy"] for r in theory_records([cfg])[0]}
 
 
-def predict(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
+def predict_theory(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
     """Theory records: one per (method, split), with ``n`` null (see :func:`theory_records`)."""
     return theory_records([cfg])[0]
 
@@ -335,5 +335,5 @@ def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: b
 
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
-           "PreparedJob", "evaluate_job", "predict", "prepare_job", "run_experiment",
+           "PreparedJob", "evaluate_job", "predict_theory", "prepare_job", "run_experiment",
            "theory_predictions", "theory_records", "assumption_warnings"]
