@@ -169,7 +169,7 @@ def test_supcon_fits_the_sl_head():
     separable toy its held-out accuracy is far above chance (1/4) and close to a logistic
     regression fitted by scipy on the trained features."""
     from mmclshift.models.clip_models import SLModel
-    from mmclshift.train.clip import DistInfo, MicroBatch, make_optimizer, optimizer_step
+    from mmclshift.train.clip import DistInfo, MicroBatch, openclip_optimizer, optimizer_step
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_supcon_fits_the_sl_head():
     model = SLModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8)), 8, 4)
     initial_head = copy.deepcopy(model.head)
     settings = TrainSettings(steps=150, batch_size=64, lr=1e-2, weight_decay=0.0)
-    opt = make_optimizer(model, settings)
+    opt = openclip_optimizer(model, settings)
     for step in range(settings.steps):
         optimizer_step(model, model, opt, "sl", "supcon", [MicroBatch(x_train, None, y_train)],
                        step, settings, DistInfo())

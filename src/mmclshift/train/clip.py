@@ -89,7 +89,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 # --------------------------------------------------------------------------- settings
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+def openclip_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     """OpenCLIP's AdamW (betas 0.9/0.98, eps 1e-6; no weight decay on gains, biases and the
     temperature), with PyTorch's fused kernel where the parameters' device has one.
 
@@ -518,7 +518,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
     real_loss(kind, loss_name)  # an unknown method fails before anything is built
     d = dist_info or DistInfo()
     ddp_model, per_rank = _wrap(model, kind, settings, d)
-    opt = make_optimizer(model, settings)
+    opt = openclip_optimizer(model, settings)
     amp = settings.precision == "amp" and d.device.type == "cuda"
     pos = resume_training(run, method, resume, model, opt, stream, d, identity)
     reporter = _Reporter(run, method, settings, pos.step, d, progress)
