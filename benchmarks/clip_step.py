@@ -4,7 +4,7 @@ Same tiny model (``mmcl-tiny``, same seed), same batch size, same data (the COCO
 built from scikit-image photos, decoded from JPEG every step by both loops with the same
 preprocessing, one process, no loader workers), the same optimizer (AdamW, lr 5e-4, betas 0.9/0.98, eps 1e-6, weight
 decay 0.1; ours exempts gains, biases and the temperature from decay as OpenCLIP's main does, and
-runs PyTorch's fused kernel, :func:`mmclshift.train.clip.make_optimizer`; the reference the plain
+runs PyTorch's fused kernel, :func:`mmclshift.train.clip.openclip_optimizer`; the reference the plain
 one), same number of steps,
 same torch threads, and the same final work: both timers end after one checkpoint of the model
 and optimizer state written through :func:`mmclshift.runs.save_checkpoint` (ours writes it

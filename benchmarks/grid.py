@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from mmclshift.config import replace
 from mmclshift.data.digits import load_embedded_digits
 from mmclshift.data.semisynthetic import MAX_CAPTION_LEN, VOCAB, build_splits, zero_shot_prompts
-from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
+from mmclshift.evaluate.semisynthetic import predict_classes, zero_shot_head
 from mmclshift.experiments.semisynthetic import demo_config
 from mmclshift.models.towers import TwoTowerModel, conv3x3_pool_relu
 from mmclshift.train.images import clamp_logit_scale, mmcl_loss_fn, train_loop
@@ -128,7 +128,7 @@ def compare(a: list[TwoTowerModel], b: list[TwoTowerModel], cells, tests) -> tup
         for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
             diff = max(diff, float((pa - pb).detach().abs().max()))
         test = tests[seed]
-        preds = [predict(m.image, test.images, device, head=zero_shot_head(m, prompts, device)) for m in (ma, mb)]
+        preds = [predict_classes(m.image, test.images, device, head=zero_shot_head(m, prompts, device)) for m in (ma, mb)]
         differing += int((preds[0] != preds[1]).sum())
         total += len(test)
     return diff, differing, total

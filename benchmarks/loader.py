@@ -109,7 +109,7 @@ def main() -> None:
     from mmclshift.experiments.real import build_stream, config_from_dict
     from mmclshift.models.clip_models import create_clip
     from mmclshift.runs import RunDir
-    from mmclshift.train.clip import TrainSettings, make_optimizer, train
+    from mmclshift.train.clip import TrainSettings, openclip_optimizer, train
 
     tmp = tempfile.mkdtemp(prefix="mmclshift-loader-")
     try:
@@ -252,7 +252,7 @@ def main() -> None:
         def model_only() -> float:
             torch.manual_seed(0)
             m, _, _ = create_clip("mmcl-tiny")
-            opt = make_optimizer(m, TrainSettings(**settings))  # the trainer's optimizer
+            opt = openclip_optimizer(m, TrainSettings(**settings))  # the trainer's optimizer
             from mmclshift.losses import clip_loss_distributed
 
             t = time.perf_counter()

@@ -38,7 +38,7 @@ import torch
 from mmclshift.config import replace
 from mmclshift.data.digits import load_embedded_digits
 from mmclshift.data.semisynthetic import build_splits, zero_shot_prompts
-from mmclshift.evaluate.semisynthetic import predict, zero_shot_head
+from mmclshift.evaluate.semisynthetic import predict_classes, zero_shot_head
 from mmclshift.experiments import load_config
 from mmclshift.experiments.semisynthetic import new_model
 from mmclshift.timing import Stopwatch, column, interleave, load, ratios, summary
@@ -136,11 +136,11 @@ def main() -> None:
     images = test.images[:1000]
     with torch.no_grad():
         head = zero_shot_head(model, zero_shot_prompts(), torch.device("cpu"))
-    predict(model.image, images, torch.device("cpu"), head=head)  # warm-up
+    predict_classes(model.image, images, torch.device("cpu"), head=head)  # warm-up
     evals = []
     for _ in range(args.repeats):
         with Stopwatch() as sw:
-            predict(model.image, images, torch.device("cpu"), head=head)
+            predict_classes(model.image, images, torch.device("cpu"), head=head)
         evals.append(sw.cpu)
     print(f"eval: {statistics.median(evals):.3f} CPU s per 1,000 images per cell (median; min {min(evals):.3f})")
     print(f"ratio: {statistics.median(per):.3f}")

@@ -30,7 +30,7 @@ def test_theory_json(capsys):
     from mmclshift import experiments
 
     cfg = experiments.load_config(DM1, ["data.pi_spu=0.5"])
-    expected = json.loads(json.dumps(experiments.predict(cfg)))  # the library's records, as JSON
+    expected = json.loads(json.dumps(experiments.predict_theory(cfg)))  # the library's records, as JSON
     assert lines == expected and all(r["n"] is None for r in lines)  # printed whole, in order
 
 

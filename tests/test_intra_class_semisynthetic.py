@@ -6,6 +6,7 @@ import torch
 from mmclshift.config import ConfigError, replace
 from mmclshift.experiments import semisynthetic as semi
 from mmclshift.losses import clip_loss
+from mmclshift.train.images import no_intra_loss_fn
 
 
 def test_no_intra_loss_is_clip_when_every_sample_has_its_own_class_and_differs_otherwise():
@@ -14,7 +15,7 @@ def test_no_intra_loss_is_clip_when_every_sample_has_its_own_class_and_differs_o
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 14, 14, generator=g)
     tokens = torch.randint(1, len(semi.VOCAB), (6, semi.MAX_CAPTION_LEN), generator=g)
-    loss = semi.no_intra_loss_fn(model)
+    loss = no_intra_loss_fn(model)
     with torch.no_grad():
         full = clip_loss(model.image(x), model.text(tokens), model.logit_scale.exp())
         distinct = loss(x, torch.cat([tokens, torch.arange(6)[:, None]], 1))

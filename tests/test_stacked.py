@@ -221,3 +221,17 @@ def test_share_stacks_balances_the_demo_grid_over_two_processes():
     one = share_stacks(cells, 1)
     assert len(one) == 1
     assert sorted(n for n, _ in one[0]) == sorted(n for n, _ in cells if not n.startswith("mmcl-no-intra"))
+
+
+def test_a_diverged_cell_stops_the_stack_naming_it_and_the_step(digits):
+    """A NaN loss stops the stack with the one-line NonFiniteLoss (a UserError) naming the cell."""
+    from mmclshift.errors import UserError
+    from mmclshift.train.optim import NonFiniteLoss
+
+    cfg = _cfg("train.steps=5", "train.optimizer=sgd", "train.lr=1e30", "mmcl.loss=linear")
+    train = build_splits(digits, cfg.data, cfg.seed, [])["train"]
+    cells = [StackedCell(new_model(cfg, "mmcl", torch.device("cpu")), train.images, train.tokens,
+                         cfg.seed + 1, name=f"run-{i}") for i in range(2)]
+    with pytest.raises(NonFiniteLoss, match=r"^mmcl run-\d: loss became (nan|-?inf) at step \d; lower train.lr$") as err:
+        train_stacked(cells, "mmcl", cfg.train, mmcl=cfg.mmcl, progress=False)
+    assert isinstance(err.value, UserError)

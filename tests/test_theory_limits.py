@@ -16,7 +16,7 @@ from mmclshift.experiments.synthetic import (
     DataModel2Experiment,
     assumption_warnings,
     data_model,
-    predict,
+    predict_theory,
     split_test_seed,
 )
 from mmclshift.theory import linear as TL
@@ -30,7 +30,7 @@ RING_TIE = {"data.num_details": 4, "data.class_details": [[0, 1], [1, 2], [2, 3]
 
 
 def _recs(cfg):
-    return {(r["method"], r["split"]): r for r in predict(cfg)}
+    return {(r["method"], r["split"]): r for r in predict_theory(cfg)}
 
 
 @pytest.mark.slow  # scans the tied subspace (minutes on 2 cores)
@@ -62,7 +62,7 @@ def test_default_dm2_has_no_tie():
     cut = rank_cut(cross_covariance(data_model(cfg)), cfg.mmcl.embed_dim)
     s = cut.singular_values
     assert cut.tied is None and s[3] - s[4] > 0.01 * s[0]
-    assert all(r["accuracy"] is not None and "range" not in r for r in predict(cfg))
+    assert all(r["accuracy"] is not None and "range" not in r for r in predict_theory(cfg))
 
 
 def _dm1_crossing_pi_other() -> tuple[DataModel1Experiment, float]:
@@ -127,7 +127,7 @@ def test_theory_map_equals_theory_at_grid_points():
     assert len(rows) == 6
     for row in rows[::2]:
         TL._RULE_CACHE.clear()  # the single-point path solves its own SL rule
-        want = predict(replace(cfg, **{"data.p_spu": row["data.p_spu"], "data.sigma_spu": row["data.sigma_spu"]}))
+        want = predict_theory(replace(cfg, **{"data.p_spu": row["data.p_spu"], "data.sigma_spu": row["data.sigma_spu"]}))
         for got, ref in zip(row["records"], want, strict=True):
             assert (got["method"], got["split"]) == (ref["method"], ref["split"])
             assert got["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-9)
@@ -138,7 +138,7 @@ def test_theory_map_dm2_and_ties_match_theory():
     cfg = replace(DataModel2Experiment(), **{k: v for k, v in RING_TIE.items() if k != "data.pi_core"})
     rows = theory_map(cfg, "data.pi_core", [0.15, 0.5], "data.pi_spu", [1.0])
     for row in rows:
-        want = predict(replace(cfg, **{"data.pi_core": row["data.pi_core"]}))
+        want = predict_theory(replace(cfg, **{"data.pi_core": row["data.pi_core"]}))
         for got, ref in zip(row["records"], want, strict=True):
             assert got.get("range") == ref.get("range") or np.allclose(got["range"], ref["range"], atol=1e-12)
             if ref["accuracy"] is None:

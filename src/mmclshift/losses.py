@@ -1,12 +1,29 @@
-"""Training losses.
+"""Training losses, every one the trainers use.
+
+Linear and semi-synthetic tiers:
 
 * :func:`linear_mmcl_loss`: the linear contrastive loss the paper analyses (Section 3; the loss of
-  Nakada et al. 2023), ``1/(n(n-1)) sum_{i!=j} s_ij - 1/n sum_i s_ii + rho/2 ||W_I^T W_T||_F^2``.
+  Nakada et al. 2023), ``1/(n(n-1)) sum_{i!=j} s_ij - 1/n sum_i s_ii + rho/2 ||W_I^T W_T||_F^2``
+  (its two similarity terms: :func:`linear_mmcl_similarity_terms`).
 * :func:`clip_loss`: CLIP's symmetric InfoNCE, computed by ``open_clip.loss.ClipLoss``.
 * :func:`logistic_loss` / :func:`cross_entropy_loss`: the SL baseline's losses.
+
+Real-data tier (and the intra-class ablation of the semi-synthetic tier), each over all ranks'
+features when trained on several:
+
+* :func:`clip_loss_distributed`: :func:`clip_loss` of the global batch.
+* :func:`intra_class_ablation_loss`: CLIP's loss without the same-class in-batch negatives
+  (Figure 3c; the mask is :func:`same_class_negative_mask`).
+* :func:`siglip_loss`: SigLIP's pairwise sigmoid loss.
+* :func:`supcon_loss`: the supervised contrastive loss (Khosla et al. 2020).
+
+The trainers choose among them once per run through their method registries
+(``train.images.IMAGE_METHODS``, ``train.linear.LINEAR_MMCL_LOSSES``, ``train.clip.REAL_LOSSES``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +93,18 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 # one of the global batch, exactly as ``ClipLoss(local_loss=False, gather_with_grad=True)`` does.
 
 
+@functools.cache
+def _open_clip_module(name: str, rank: int, world_size: int) -> torch.nn.Module:
+    """open_clip's ``ClipLoss`` (global batch, gathered with gradients) or ``SigLipLoss`` for one
+    (rank, world size), built once per process instead of once per step."""
+    from open_clip import loss as open_clip_loss
+
+    if name == "ClipLoss":
+        return open_clip_loss.ClipLoss(local_loss=False, gather_with_grad=True, rank=rank,
+                                       world_size=world_size)
+    return open_clip_loss.SigLipLoss(rank=rank, world_size=world_size)
+
+
 def _gather(
     z_img: torch.Tensor, z_txt: torch.Tensor, rank: int, world_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,11 +124,6 @@ def _gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
     out = [torch.empty_like(labels) for _ in range(world_size)]
     dist.all_gather(out, labels.contiguous())
     return torch.cat(out)
-
-
-def gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
-    """All ranks' labels concatenated in rank order (no gradient; matches the feature gather)."""
-    return _gather_labels(labels, world_size)
 
 
 def same_class_negative_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -143,22 +167,17 @@ def clip_loss_distributed(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale:
     if normalize:
         z_img = F.normalize(z_img, dim=-1)
         z_txt = F.normalize(z_txt, dim=-1)
-    from open_clip.loss import ClipLoss as _ClipLoss
-
-    loss = _ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
-    return loss(z_img, z_txt, logit_scale)
+    return _open_clip_module("ClipLoss", rank, world_size)(z_img, z_txt, logit_scale)
 
 
 def siglip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor, *, normalize: bool = True, rank: int = 0,
                 world_size: int = 1) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (``open_clip.loss.SigLipLoss``; exchanges features over ranks)."""
-    from open_clip.loss import SigLipLoss
-
     if normalize:
         z_img = F.normalize(z_img, dim=-1)
         z_txt = F.normalize(z_txt, dim=-1)
-    return SigLipLoss(rank=rank, world_size=world_size)(z_img, z_txt, logit_scale, logit_bias)
+    return _open_clip_module("SigLipLoss", rank, world_size)(z_img, z_txt, logit_scale, logit_bias)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *,

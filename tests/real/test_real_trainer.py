@@ -169,7 +169,7 @@ def test_supcon_fits_the_sl_head():
     separable toy its held-out accuracy is far above chance (1/4) and close to a logistic
     regression fitted by scipy on the trained features."""
     from mmclshift.models.clip_models import SLModel
-    from mmclshift.train.clip import DistInfo, MicroBatch, make_optimizer, optimizer_step
+    from mmclshift.train.clip import DistInfo, MicroBatch, openclip_optimizer, optimizer_step
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_supcon_fits_the_sl_head():
     model = SLModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8)), 8, 4)
     initial_head = copy.deepcopy(model.head)
     settings = TrainSettings(steps=150, batch_size=64, lr=1e-2, weight_decay=0.0)
-    opt = make_optimizer(model, settings)
+    opt = openclip_optimizer(model, settings)
     for step in range(settings.steps):
         optimizer_step(model, model, opt, "sl", "supcon", [MicroBatch(x_train, None, y_train)],
                        step, settings, DistInfo())
@@ -205,3 +205,16 @@ def test_contrastive_batch_counts_the_accumulated_samples(fx, tmp_path):
     pairs, _ = _train(fx, str(tmp_path / "pairs"), batch=1, accum_steps=2, steps=1)
     big, _ = _train(fx, str(tmp_path / "big"), batch=2, steps=1)
     assert pairs.losses == pytest.approx(big.losses, rel=1e-5)
+
+
+def test_a_diverged_loss_stops_the_run_with_one_line_naming_method_and_step(fx, tmp_path):
+    """A NaN loss stops the real-data trainer with NonFiniteLoss (a UserError); the run is not done."""
+    from mmclshift.errors import UserError
+    from mmclshift.train.optim import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss, match=r"^clip: loss became (nan|-?inf) at step \d+; lower train.lr$") as err:
+        _train(fx, str(tmp_path / "run"), steps=6, batch=4, lr=1e30)
+    assert isinstance(err.value, UserError)
+    from mmclshift.runs import DONE_FILE
+
+    assert (tmp_path / "run").is_dir() and not (tmp_path / "run" / DONE_FILE).exists()

@@ -43,7 +43,7 @@ def print_warnings(records: list[dict], cfg: object, prefix: str = "mmclshift th
 
 def run(args: argparse.Namespace) -> int:
     cfg = experiments.load_config(args.config, args.overrides)
-    records = experiments.predict(cfg)
+    records = experiments.predict_theory(cfg)
     print_warnings(records, cfg)
     if args.json:
         print_json_lines(records)

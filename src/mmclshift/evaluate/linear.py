@@ -41,13 +41,6 @@ def classifier_rule(model: LinearClassifier) -> InputRule:
     return InputRule(A, b)
 
 
-def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-    """(accuracy, number correct, n) of argmax predictions."""
-    correct = int((scores.argmax(dim=1) == labels).sum())
-    n = int(labels.shape[0])
-    return correct / n, correct, n
-
-
 def population_accuracy(rule: InputRule, mixture: LatentMixture, D_image: torch.Tensor,
                         noise_var: float) -> float:
     """Exact accuracy of an input-space rule when x = D mu + xi, xi ~ N(0, noise_var I)."""
@@ -57,4 +50,4 @@ def population_accuracy(rule: InputRule, mixture: LatentMixture, D_image: torch.
     return linear_rule_accuracy(mixture, A @ D, b, noise_var, noise_A=A)
 
 
-__all__ = ["InputRule", "accuracy", "classifier_rule", "population_accuracy", "zero_shot_rule"]
+__all__ = ["InputRule", "classifier_rule", "population_accuracy", "zero_shot_rule"]

@@ -19,7 +19,7 @@ def zero_shot_head(model: nn.Module, prompts: torch.Tensor, device: torch.device
 
 
 @torch.no_grad()
-def predict(encode: nn.Module, images: torch.Tensor, device: torch.device, *,
+def predict_classes(encode: nn.Module, images: torch.Tensor, device: torch.device, *,
             head: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes for uint8 images (n, 3, H, W): argmax of ``encode(x)`` (SL logits), or of
     cosine similarity to ``head`` (zero-shot) when given."""
@@ -31,10 +31,3 @@ def predict(encode: nn.Module, images: torch.Tensor, device: torch.device, *,
         scores = F.normalize(z, dim=-1) @ head.T if head is not None else z
         out.append(scores.argmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-    """(accuracy, correct, n)."""
-    n = int(labels.numel())
-    correct = int((pred == labels.cpu()).sum())
-    return (correct / n if n else float("nan")), correct, n

@@ -5,7 +5,7 @@ registers a kind. From it, ``CONFIG_KINDS`` maps a kind to its root config datac
 module's ``CONFIG_KINDS[kind]``); ``RUNNERS`` to the function that runs one experiment into a run
 directory and returns its result records (``run_experiment``; one record per method and test
 split, see :mod:`mmclshift.runs` for the schema); ``THEORY`` to its closed-form predictions
-(``predict``, where the tier has a theory); ``SMOKE`` to the function(config, out_dir) that
+(``predict_theory``, where the tier has a theory); ``SMOKE`` to the function(config, out_dir) that
 rewrites a config to run on built-in fixtures (``smoke_config``, for ``--smoke``).
 
 A tier's module (and torch with it) is imported only when one of its kinds is looked up, so
@@ -59,7 +59,7 @@ class _Registry(Mapping[str, Any]):
 CONFIG_KINDS: Mapping[str, type] = _Registry("CONFIG_KINDS", per_kind=True)
 RUNNERS: Mapping[str, Callable[..., list[dict[str, Any]]]] = _Registry("run_experiment")
 THEORY: Mapping[str, Callable[..., list[dict[str, Any]]]] = _Registry(
-    "predict", kinds=("data_model_1", "data_model_2"))
+    "predict_theory", kinds=("data_model_1", "data_model_2"))
 SMOKE: Mapping[str, Callable[..., Any]] = _Registry("smoke_config", kinds=("clip_real",))
 
 
@@ -96,7 +96,7 @@ def run(config: Any, out_dir: str | Path, *, force: bool = False,
     return RUNNERS[kind](config, str(out_dir), **kwargs)
 
 
-def predict(config: Any) -> list[dict[str, Any]]:
+def predict_theory(config: Any) -> list[dict[str, Any]]:
     """The theory's predictions for a config whose kind has a theory."""
     from mmclshift.errors import UserError
 

@@ -16,7 +16,7 @@ from the latest step all its unfinished runs hold (:func:`resume_step`), appendi
 marker to each run's metrics (the marker single runs write, so
 :func:`mmclshift.runs.read_metrics` drops the ``train`` records logged after the checkpoint); a
 finished run deletes its stack checkpoints. With ``train.eval_every``, each run logs learning-curve
-points (:func:`mmclshift.experiments.semisynthetic.log_curve`).
+points (:func:`mmclshift.experiments.semisynthetic_run.log_curve`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import torch
 from mmclshift.config import to_dict
 from mmclshift.data.digits import load_digits
 from mmclshift.errors import UserError
-from mmclshift.experiments import semisynthetic as semi
+from mmclshift.experiments import semisynthetic_run as semi
 from mmclshift.runs import CHECKPOINT_DIR, RunDir, check_run_dir, identity_hash, load_checkpoint
 from mmclshift.threads import torch_threads
+from mmclshift.train.images import IMAGE_METHODS
 from mmclshift.train.stacked import StackedCell, train_stacked, unstackable_reason
 
 
@@ -178,8 +179,8 @@ def _train_stack(members: list[tuple[str, semi.SemiSyntheticExperiment]], out: P
                 train = data["train"]
                 images = train.images.to(device) if device.type == "cuda" else train.images
                 cells.append(StackedCell(semi.new_model(cfg, method, device), images,
-                                         train.tokens if method == "mmcl" else train.labels,
-                                         cfg.seed + 1, _logger(run, writer)))
+                                         IMAGE_METHODS[method].targets(train), cfg.seed + 1,
+                                         _logger(run, writer), name=run.path.name))
 
             def save(step: int, cell_states: list[dict[str, Any]]) -> None:
                 for (_, cfg), run, st in zip(members, runs, cell_states, strict=True):

@@ -32,11 +32,11 @@ from mmclshift.data.synthetic import (
     build_data_model,
 )
 from mmclshift.evaluate.linear import (
-    accuracy,
     classifier_rule,
     population_accuracy,
     zero_shot_rule,
 )
+from mmclshift.evaluate.metrics import accuracy
 from mmclshift.runs import RunDir
 from mmclshift.theory.accuracy import batch_rule_accuracies
 from mmclshift.theory.linear import (
@@ -228,7 +228,7 @@ def theory_predictions(cfg: SyntheticExperiment) -> dict[tuple[str, str], float 
     return {(r["method"], r["split"]): r["accuracy"] for r in theory_records([cfg])[0]}
 
 
-def predict(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
+def predict_theory(cfg: SyntheticExperiment) -> list[dict[str, Any]]:
     """Theory records: one per (method, split), with ``n`` null (see :func:`theory_records`)."""
     return theory_records([cfg])[0]
 
@@ -303,7 +303,7 @@ def evaluate_job(job: PreparedJob, run: RunDir, mmcl: Any, sl: Any,
         test = job.test_draw(split)
         for method in METHODS:
             rule = rules[method]
-            acc, correct, n = accuracy(rule.scores(test.x_image), test.labels)
+            acc, correct, n = accuracy(rule.scores(test.x_image).argmax(dim=1), test.labels)
             rec = {
                 "event": "eval", "method": method, "split": split, "accuracy": acc,
                 "n": n, "correct": correct, "step": None,
@@ -335,5 +335,5 @@ def run_experiment(cfg: SyntheticExperiment, out_dir: str | Path, *, progress: b
 
 
 __all__ = ["CONFIG_KINDS", "DataModel1Experiment", "DataModel2Experiment", "OptimConfig",
-           "PreparedJob", "evaluate_job", "predict", "prepare_job", "run_experiment",
+           "PreparedJob", "evaluate_job", "predict_theory", "prepare_job", "run_experiment",
            "theory_predictions", "theory_records", "assumption_warnings"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from mmclshift.models.linear import LinearClassifier, LinearEncoders
+from mmclshift.train.optim import make_optimizer
 
 
 def batchable(cfg) -> bool:
@@ -75,7 +76,7 @@ def train_mmcl_batched(stats: MMCLBatch, W_img0: torch.Tensor, W_txt0: torch.Ten
     """Full-batch Adam on the sum of the jobs' losses (each job's own Adam trajectory)."""
     W_img = W_img0.clone().requires_grad_(True)
     W_txt = W_txt0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([W_img, W_txt], lr=lr)
+    opt = make_optimizer([W_img, W_txt], "adam", lr)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         batched_linear_mmcl_loss(W_img, W_txt, stats, rho).sum().backward()

@@ -44,12 +44,10 @@ from mmclshift.data.image_text import PairStream
 from mmclshift.data.loader import Batch, WorkerPool, batch_pool, iter_batches
 from mmclshift.errors import UserError
 from mmclshift.runs import RunDir, load_checkpoint, save_checkpoint
+from mmclshift.train import optim
 from mmclshift.train.clip_settings import TrainSettings  # defined apart (no torch); used from here
 
 log = logging.getLogger(__name__)
-
-MMCL_LOSSES = ("clip", "siglip", "clip_no_intra")
-SL_LOSSES = ("ce", "supcon")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -91,7 +89,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 # --------------------------------------------------------------------------- settings
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+def openclip_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     """OpenCLIP's AdamW (betas 0.9/0.98, eps 1e-6; no weight decay on gains, biases and the
     temperature), with PyTorch's fused kernel where the parameters' device has one.
 
@@ -105,17 +103,14 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Ada
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     try:
-        return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        return optim.make_optimizer(groups, "adamw", settings.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+        return optim.make_optimizer(groups, "adamw", settings.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
     """Linear warmup then cosine decay to 0 (OpenCLIP's default schedule)."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    span = max(1, s.steps - s.warmup_steps)
-    return 0.5 * s.lr * (1 + math.cos(math.pi * (step - s.warmup_steps) / span))
+    return s.lr * optim.warmup_cosine(step, s.steps, s.warmup_steps)
 
 
 # --------------------------------------------------------------------------- the step
@@ -150,35 +145,72 @@ def forward_outputs(model: nn.Module, kind: str, loss_name: str, images: torch.T
     return per, {}
 
 
+RealLoss = Callable[[Tensors, Tensors, torch.Tensor, DistInfo, TrainSettings], torch.Tensor]
+
+
+def _mmcl_inputs(per: Tensors, shared: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return per["image_features"], per["text_features"], shared["logit_scale"]
+
+
+def _clip(per: Tensors, shared: Tensors, labels: torch.Tensor, d: DistInfo, s: TrainSettings) -> torch.Tensor:
+    img, txt, scale = _mmcl_inputs(per, shared)
+    return losses.clip_loss_distributed(img, txt, scale, normalize=False, rank=d.rank, world_size=d.world_size)
+
+
+def _clip_no_intra(per: Tensors, shared: Tensors, labels: torch.Tensor, d: DistInfo,
+                   s: TrainSettings) -> torch.Tensor:
+    img, txt, scale = _mmcl_inputs(per, shared)
+    return losses.intra_class_ablation_loss(img, txt, scale, labels, normalize=False, rank=d.rank,
+                                            world_size=d.world_size)
+
+
+def _siglip(per: Tensors, shared: Tensors, labels: torch.Tensor, d: DistInfo, s: TrainSettings) -> torch.Tensor:
+    img, txt, scale = _mmcl_inputs(per, shared)
+    return losses.siglip_loss(img, txt, scale, shared["logit_bias"], normalize=False, rank=d.rank,
+                              world_size=d.world_size)
+
+
+def _ce(per: Tensors, shared: Tensors, labels: torch.Tensor, d: DistInfo, s: TrainSettings) -> torch.Tensor:
+    logits = per["logits"]
+    if bool((labels < 0).all()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=-1)
+
+
+def _supcon(per: Tensors, shared: Tensors, labels: torch.Tensor, d: DistInfo, s: TrainSettings) -> torch.Tensor:
+    feats, logits = per["features"], per["logits"]
+    ce = F.cross_entropy(per["head_logits"], labels, ignore_index=-1) \
+        if bool((labels >= 0).any()) else logits.sum() * 0.0
+    return losses.supcon_loss(feats, labels, s.supcon_temperature, rank=d.rank,
+                              world_size=d.world_size) + ce + 0.0 * logits.sum()
+
+
+#: The real-data tier's methods: (kind, loss name) -> the loss of a batch given its
+#: :func:`forward_outputs` (MMCL kinds use both towers, SL the image one); over ranks, features
+#: are gathered with gradients.
+REAL_LOSSES: dict[tuple[str, str], RealLoss] = {
+    ("mmcl", "clip"): _clip,
+    ("mmcl", "siglip"): _siglip,
+    ("mmcl", "clip_no_intra"): _clip_no_intra,
+    ("sl", "ce"): _ce,
+    ("sl", "supcon"): _supcon,
+}
+
+
+def real_loss(kind: str, loss_name: str) -> RealLoss:
+    """The registered loss of a method (:data:`REAL_LOSSES`); an unknown one is a :class:`UserError`."""
+    try:
+        return REAL_LOSSES[(kind, loss_name)]
+    except KeyError:
+        names = [name for k, name in REAL_LOSSES if k == kind]
+        raise UserError(f"unknown {kind.upper()} loss {loss_name!r} ({', '.join(names)})") from None
+
+
 def loss_from_outputs(kind: str, loss_name: str, per: Tensors, shared: Tensors,
                       labels: torch.Tensor, dist_info: DistInfo,
                       settings: TrainSettings) -> torch.Tensor:
-    """A method's loss of a batch given its :func:`forward_outputs` (MMCL kinds use both
-    towers, SL the image one); over ranks, features are gathered with gradients."""
-    r, w = dist_info.rank, dist_info.world_size
-    if kind == "mmcl":
-        img, txt, scale = per["image_features"], per["text_features"], shared["logit_scale"]
-        if loss_name == "clip":
-            return losses.clip_loss_distributed(img, txt, scale, normalize=False, rank=r,
-                                                world_size=w)
-        if loss_name == "clip_no_intra":
-            return losses.intra_class_ablation_loss(img, txt, scale, labels, normalize=False,
-                                                    rank=r, world_size=w)
-        if loss_name == "siglip":
-            return losses.siglip_loss(img, txt, scale, shared["logit_bias"], normalize=False,
-                                      rank=r, world_size=w)
-        raise UserError(f"unknown MMCL loss {loss_name!r} ({', '.join(MMCL_LOSSES)})")
-    feats, logits = per["features"], per["logits"]
-    if loss_name == "ce":
-        if bool((labels < 0).all()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=-1)
-    if loss_name == "supcon":
-        ce = F.cross_entropy(per["head_logits"], labels, ignore_index=-1) \
-            if bool((labels >= 0).any()) else logits.sum() * 0.0
-        return losses.supcon_loss(feats, labels, settings.supcon_temperature, rank=r,
-                                  world_size=w) + ce + 0.0 * logits.sum()
-    raise UserError(f"unknown SL loss {loss_name!r} ({', '.join(SL_LOSSES)})")
+    """A method's loss of a batch given its :func:`forward_outputs` (:data:`REAL_LOSSES`)."""
+    return real_loss(kind, loss_name)(per, shared, labels, dist_info, settings)
 
 
 def compute_loss(model: nn.Module, kind: str, loss_name: str, images: torch.Tensor,
@@ -483,9 +515,10 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
     ``stop_after`` ends the run after that many steps of *this call* (used to simulate a killed
     job).
     """
+    real_loss(kind, loss_name)  # an unknown method fails before anything is built
     d = dist_info or DistInfo()
     ddp_model, per_rank = _wrap(model, kind, settings, d)
-    opt = make_optimizer(model, settings)
+    opt = openclip_optimizer(model, settings)
     amp = settings.precision == "amp" and d.device.type == "cuda"
     pos = resume_training(run, method, resume, model, opt, stream, d, identity)
     reporter = _Reporter(run, method, settings, pos.step, d, progress)
@@ -503,6 +536,7 @@ def train(model: nn.Module, kind: str, loss_name: str, stream: PairStream,
                      for _ in range(settings.accum_steps)]
             loss = optimizer_step(model, ddp_model, opt, kind, loss_name, micro, pos.step,
                                   settings, d, amp=amp)
+            optim.check_finite_loss(loss, method, pos.step)
             pos.step += 1
             seen += sum(len(mb.labels) for mb in micro) * d.world_size
             losses_seen.append(loss)

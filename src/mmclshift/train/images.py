@@ -25,7 +25,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmclshift.config import nonnegative, param, positive
-from mmclshift.losses import clip_loss, cross_entropy_loss, linear_mmcl_loss
+from mmclshift.losses import (
+    clip_loss,
+    cross_entropy_loss,
+    intra_class_ablation_loss,
+    linear_mmcl_loss,
+)
+from mmclshift.train.optim import check_finite_loss, make_optimizer, warmup_cosine
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -65,21 +71,16 @@ class MMCLLossConfig:
     rho: float = param(1.0, help="regulariser rho of the linear loss", check=positive)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def optimizer_for(params: list[nn.Parameter], cfg: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``params`` (SGD with momentum 0.9); ``fused`` selects PyTorch's fused
+    Adam/AdamW kernel (the same update up to float rounding)."""
+    return make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9,
+                          fused=fused and cfg.optimizer in ("adam", "adamw"))
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if not cfg.cosine:
-        return 1.0
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    """Learning-rate factor at ``step``: :func:`~mmclshift.train.optim.warmup_cosine` of ``cfg``."""
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps, cosine=cfg.cosine)
 
 
 def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +126,7 @@ def train_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    opt = optimizer_for(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     n = images.shape[0]
     bar = tqdm(total=cfg.steps, desc=f"train {method}", unit="step", disable=not progress,
@@ -145,8 +146,7 @@ def train_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
             after_step()
         seen += len(idx)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{method}: loss became {value} at step {step}; lower train.lr")
+        check_finite_loss(value, method, step)
         running = value if running is None else 0.9 * running + 0.1 * value
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -164,15 +164,33 @@ def train_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
     return {"seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9), "final_loss": running or 0.0}
 
 
-def mmcl_loss_fn(model: nn.Module, cfg: MMCLLossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The MMCL objective for a :class:`~mmclshift.models.towers.TwoTowerModel`."""
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# The MMCL objectives of a two-tower model: (model, image embeddings, text embeddings, cfg) -> loss
+MMCL_LOSSES: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor, MMCLLossConfig], torch.Tensor]] = {
+    "clip": lambda model, z_img, z_txt, cfg: clip_loss(z_img, z_txt, model.logit_scale.exp()),
+    "linear": lambda model, z_img, z_txt, cfg: linear_mmcl_loss(
+        z_img, z_txt, model.image.proj.weight, model.text.proj.weight, cfg.rho),
+}
+
+
+def mmcl_loss_fn(model: nn.Module, cfg: MMCLLossConfig) -> LossFn:
+    """The MMCL objective ``cfg.loss`` (:data:`MMCL_LOSSES`, chosen once) for a
+    :class:`~mmclshift.models.towers.TwoTowerModel`."""
+    objective = MMCL_LOSSES[cfg.loss]
 
     def loss(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        z_img = model.image(x)
-        z_txt = model.text(tokens)
-        if cfg.loss == "clip":
-            return clip_loss(z_img, z_txt, model.logit_scale.exp())
-        return linear_mmcl_loss(z_img, z_txt, model.image.proj.weight, model.text.proj.weight, cfg.rho)
+        return objective(model, model.image(x), model.text(tokens), cfg)
+
+    return loss
+
+
+def no_intra_loss_fn(model: nn.Module) -> LossFn:
+    """CLIP's loss without same-class negatives, on targets = tokens with the label appended."""
+
+    def loss(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        tokens, labels = targets[:, :-1], targets[:, -1]
+        return intra_class_ablation_loss(model.image(x), model.text(tokens), model.logit_scale.exp(), labels)
 
     return loss
 
@@ -188,8 +206,33 @@ def clamp_logit_scale(model: nn.Module, cfg: MMCLLossConfig) -> Callable[[], Non
     return clamp
 
 
-def sl_loss_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def sl_loss_fn(model: nn.Module) -> LossFn:
     def loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(model(x), labels)
 
     return loss
+
+
+@dataclass(frozen=True)
+class ImageMethod:
+    """One method of the image tier: its loss on a model, its training targets from a split
+    (anything with ``tokens`` and ``labels``), and whether it is contrastive (two towers, a
+    temperature clamped after every step)."""
+
+    loss: Callable[[nn.Module, MMCLLossConfig], LossFn]
+    targets: Callable[[Any], torch.Tensor]
+    contrastive: bool
+
+
+def _tokens_and_labels(split: Any) -> torch.Tensor:
+    """Caption tokens with the digit label appended as the last column (``no_intra_loss_fn``'s targets)."""
+    return torch.cat([split.tokens, split.labels.to(split.tokens.dtype)[:, None]], dim=1)
+
+
+# The image tier's methods, in the order a run trains them.
+IMAGE_METHODS: dict[str, ImageMethod] = {
+    "mmcl": ImageMethod(mmcl_loss_fn, lambda split: split.tokens, contrastive=True),
+    "sl": ImageMethod(lambda model, _cfg: sl_loss_fn(model), lambda split: split.labels, contrastive=False),
+    "mmcl_no_intra": ImageMethod(lambda model, _cfg: no_intra_loss_fn(model), _tokens_and_labels,
+                                 contrastive=True),
+}

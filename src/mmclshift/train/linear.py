@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mmclshift.config import ConfigError, nonnegative, param, positive
 from mmclshift.losses import clip_loss, cross_entropy_loss, linear_mmcl_loss, logistic_loss
 from mmclshift.models.linear import LinearClassifier, LinearEncoders
+from mmclshift.train.optim import check_finite_loss, make_optimizer
 
 Logger = Callable[[dict], None]
 
@@ -73,16 +74,6 @@ class SLConfig:
 # --------------------------------------------------------------------------- helpers
 
 
-def _make_optimizer(params: list[torch.Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=20, history_size=50,
-                             tolerance_grad=1e-12, tolerance_change=1e-15,
-                             line_search_fn="strong_wolfe")
-
-
 def _batches(n: int, cfg: OptimConfig, generator: torch.Generator, device: torch.device):
     """Yield index tensors (or None for the full batch) for each step."""
     if cfg.batch_size == 0 or cfg.batch_size >= n:
@@ -103,7 +94,7 @@ def _run_steps(closure_for: Callable[[torch.Tensor | None], torch.Tensor], param
                desc: str, progress: bool, log: Logger | None) -> float:
     if cfg.optimizer == "lbfgs" and cfg.batch_size not in (0,) and cfg.batch_size < n:
         raise ConfigError("config key 'optim.optimizer': lbfgs needs full-batch training (batch_size: 0)")
-    opt = _make_optimizer(params, cfg)
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr)
     batches = _batches(n, cfg, generator, device)
     loss_value = float("nan")
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False, unit="step")
@@ -118,8 +109,7 @@ def _run_steps(closure_for: Callable[[torch.Tensor | None], torch.Tensor], param
 
         loss = opt.step(closure)
         loss_value = float(loss.detach())
-        if not np.isfinite(loss_value):
-            raise FloatingPointError(f"{desc}: loss became {loss_value} at step {step}; lower optim.lr")
+        check_finite_loss(loss_value, desc, step, lr_key="optim.lr")
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{loss_value:.5f}")
             if log is not None:
@@ -145,6 +135,14 @@ def mmcl_closed_form(x_img: torch.Tensor, x_txt: torch.Tensor, embed_dim: int, r
     return model.to(device=x_img.device, dtype=x_img.dtype)
 
 
+# The linear MMCL objectives: (encoders, image embeddings, text embeddings, cfg) -> loss
+LINEAR_MMCL_LOSSES: dict[str, Callable[[LinearEncoders, torch.Tensor, torch.Tensor, MMCLConfig], torch.Tensor]] = {
+    "linear": lambda model, zi, zt, cfg: linear_mmcl_loss(zi, zt, model.W_img, model.W_txt, cfg.rho),
+    "infonce": lambda model, zi, zt, cfg: clip_loss(zi, zt, model.logit_scale.exp().clamp(max=100.0),
+                                                    normalize=cfg.normalize),
+}
+
+
 def train_mmcl(x_img: torch.Tensor, x_txt: torch.Tensor, cfg: MMCLConfig, generator: torch.Generator,
                *, progress: bool = False, log: Logger | None = None) -> LinearEncoders:
     """Train linear MMCL encoders on paired inputs (n, d_I) and (n, d_T)."""
@@ -157,13 +155,12 @@ def train_mmcl(x_img: torch.Tensor, x_txt: torch.Tensor, cfg: MMCLConfig, genera
         init_temperature=cfg.temperature, generator=generator, dtype=x_img.dtype,
     ).to(device)
 
+    objective = LINEAR_MMCL_LOSSES[cfg.loss]
+
     def loss_for(idx: torch.Tensor | None) -> torch.Tensor:
         xi = x_img if idx is None else x_img[idx]
         xt = x_txt if idx is None else x_txt[idx]
-        zi, zt = model.encode_image(xi), model.encode_text(xt)
-        if cfg.loss == "linear":
-            return linear_mmcl_loss(zi, zt, model.W_img, model.W_txt, cfg.rho)
-        return clip_loss(zi, zt, model.logit_scale.exp().clamp(max=100.0), normalize=cfg.normalize)
+        return objective(model, model.encode_image(xi), model.encode_text(xt), cfg)
 
     params = [p for p in model.parameters() if p.requires_grad]
     _run_steps(loss_for, params, x_img.shape[0], cfg.optim, generator, device, "mmcl", progress, log)

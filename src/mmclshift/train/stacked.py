@@ -57,9 +57,10 @@ from mmclshift.train.images import (
     TrainConfig,
     batches,
     lr_factor,
-    make_optimizer,
+    optimizer_for,
     random_translate,
 )
+from mmclshift.train.optim import check_finite_loss
 
 
 @dataclass
@@ -77,6 +78,7 @@ class StackedCell:
     targets: torch.Tensor
     stream_seed: int
     log: Logger | None = None
+    name: str = ""  # how errors name the cell (its run)
 
 
 # --------------------------------------------------------------------------- what stacks
@@ -98,7 +100,7 @@ def unstackable_reason(model: nn.Module, method: str, mmcl: MMCLLossConfig | Non
             return f"{type(model).__name__} is not a two-tower model"
         if not isinstance(model.text.tower, BagOfWords):
             return f"text tower {type(model.text.tower).__name__} (only bow stacks)"
-        if mmcl is not None and mmcl.loss not in ("clip", "linear"):
+        if mmcl is not None and ("mmcl", mmcl.loss) not in STACKED_LOSSES:
             return f"MMCL loss {mmcl.loss!r}"
     elif method == "sl":
         if not isinstance(model, SupervisedModel):
@@ -215,6 +217,24 @@ def stacked_sl_loss(z: torch.Tensor, head_w: torch.Tensor, head_b: torch.Tensor,
     return F.cross_entropy(logits.reshape(c * b, -1), labels.reshape(-1), reduction="none").view(c, b).mean(1)
 
 
+StackedLoss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, MMCLLossConfig], torch.Tensor]
+
+#: The stacked methods: (method, MMCL loss; "" for SL) -> per-cell losses (C,) from the stacked
+#: parameters, the image embeddings (C, B, p) and the cells' targets (tokens or labels).
+STACKED_LOSSES: dict[tuple[str, str], StackedLoss] = {
+    ("mmcl", "clip"): lambda p, z, tokens, mmcl: stacked_clip_loss(
+        z, stacked_bag_of_words(p, tokens), p["logit_scale"].exp()),
+    ("mmcl", "linear"): lambda p, z, tokens, mmcl: stacked_linear_loss(
+        z, stacked_bag_of_words(p, tokens), p["proj_img.w"], p["proj_txt.w"], mmcl.rho),
+    ("sl", ""): lambda p, z, labels, mmcl: stacked_sl_loss(z, p["head.w"], p["head.b"], labels),
+}
+
+
+def stacked_objective(method: str, mmcl: MMCLLossConfig) -> StackedLoss:
+    """The registered per-cell loss of ``method`` (:data:`STACKED_LOSSES`)."""
+    return STACKED_LOSSES[(method, mmcl.loss if method == "mmcl" else "")]
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -239,11 +259,8 @@ def stack_optimizer(params: list[torch.Tensor], cfg: TrainConfig, *, fused: bool
     ``fused=True`` (one kernel per tensor instead of a chain of elementwise ops; a whole stacked
     step of 36 full-MNIST cells measured 1.07x faster (CPU and wall clock), see
     benchmarks/stack_optimizer.py; the same update up to float rounding). SGD as
-    :func:`~mmclshift.train.images.make_optimizer` builds it."""
-    if fused and cfg.optimizer in ("adam", "adamw"):
-        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    return make_optimizer(params, cfg)
+    :func:`~mmclshift.train.images.optimizer_for` builds it."""
+    return optimizer_for(params, cfg, fused=fused)
 
 
 def _advance(stream: Any, gen: torch.Generator, steps: int, cfg: TrainConfig) -> None:
@@ -305,6 +322,74 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
         return []
     device = torch.device(device)
     mmcl = mmcl or MMCLLossConfig()
+    st = _build_stack(cells, method, cfg, mmcl, device, fused)
+    start = 0
+    if states is not None:
+        start, st.running = _restore(states, st.order, st.groups, st.stacked, st.trainable, st.opt, st.sched,
+                                     st.gens, st.streams, cfg)
+    objective = stacked_objective(method, mmcl)  # chosen once, not per step
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc or f"train {method} x{len(st.order)}", unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True, position=position)
+    seen, t0 = 0, time.perf_counter()
+    for step in range(start, cfg.steps):
+        xs, y = _draw(st, cells, cfg, device)
+        losses = objective(st.stacked, st.encoder(st.stacked, xs), y, mmcl)
+        st.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        st.opt.step()
+        st.sched.step()
+        if st.clamp is not None:
+            with torch.no_grad():
+                st.stacked["logit_scale"].clamp_(0, st.clamp)
+        seen += y.shape[1]
+        values = losses.detach()
+        _check_finite(values, cells, st.order, method, step)
+        st.running = values.clone() if st.running is None else 0.9 * st.running + 0.1 * values
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            _log_step(st, method, step, values, seen / max(time.perf_counter() - t0, 1e-9))
+        if progress:
+            bar.update(1)
+        done = step + 1
+        if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            _copy_back(st)
+            evaluate(done)
+        if save is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            save(done, _cell_states(st, len(cells), done))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    _copy_back(st)
+    final = st.running.tolist() if st.running is not None else [0.0] * len(st.order)
+    stats: list[dict[str, float]] = [{} for _ in cells]
+    for pos, i in enumerate(st.order):
+        stats[i] = {"seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9),
+                    "final_loss": final[pos], "stacked_cells": float(len(st.order))}
+    return stats
+
+
+@dataclass
+class _Stack:
+    """A stack being trained: its cells' parameters stacked, the optimiser and the groups' streams."""
+
+    groups: list[list[int]]
+    order: list[int]  # stack position -> cell index (cells of a group are consecutive)
+    parts: list[dict[str, torch.Tensor]]  # each cell's own tensors, in stack order
+    stacked: dict[str, torch.Tensor]
+    trainable: list[str]
+    encoder: StackedSmallCNN
+    opt: torch.optim.Optimizer
+    sched: Any
+    targets: list[torch.Tensor]  # (M, n, ...) per group
+    gens: list[torch.Generator]
+    streams: list[Any]
+    logs: list[Logger | None]
+    clamp: float | None
+    dtype: torch.dtype
+    running: torch.Tensor | None = None
+
+
+def _build_stack(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, mmcl: MMCLLossConfig,
+                 device: torch.device, fused: bool) -> _Stack:
+    """Check that ``cells`` stack, and stack their parameters, optimiser and minibatch streams."""
     for cell in cells:
         reason = unstackable_reason(cell.model, method, mmcl)
         if reason is not None:
@@ -312,98 +397,77 @@ def train_stacked(cells: Sequence[StackedCell], method: str, cfg: TrainConfig, *
     if len({min(cfg.batch_size, c.images.shape[0]) for c in cells}) > 1:
         raise ValueError("cannot stack cells whose minibatches differ in size (fewer images than the batch size)")
     groups = _groups(cells)
-    order = [i for g in groups for i in g]  # cells of a group are consecutive in the stack
+    order = [i for g in groups for i in g]
     models = [cells[i].model for i in order]
     parts = [_parts(m, method) for m in models]
     stacked = {k: torch.stack([pt[k].detach() for pt in parts]).to(device).contiguous() for k in parts[0]}
     trainable = [k for k, v in parts[0].items() if isinstance(v, nn.Parameter) and v.requires_grad]
     for k in trainable:
         stacked[k].requires_grad_(True)
-    resize = _cnn(models[0])[1]  # type: ignore[index]
-    dtype = stacked["conv1.w"].dtype  # float32 normally (float64 models train in float64)
-    encoder = StackedSmallCNN([len(g) for g in groups], resize)
     opt = stack_optimizer([stacked[k] for k in trainable], cfg, fused=fused)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    targets = [torch.stack([cells[i].targets for i in g]) for g in groups]  # (M, n, ...) per group
     gens = [torch.Generator().manual_seed(cells[g[0]].stream_seed) for g in groups]
-    streams = [batches(cells[g[0]].images.shape[0], cfg, gen) for g, gen in zip(groups, gens, strict=True)]
-    logs = [cells[i].log for i in order]
-    clamp = math.log(mmcl.max_logit_scale) if method == "mmcl" and "logit_scale" in trainable else None
-    n_cells = len(order)
-    start = 0
-    running: torch.Tensor | None = None
-    if states is not None:
-        start, running = _restore(states, order, groups, stacked, trainable, opt, sched, gens, streams, cfg)
-    group_of = {i: gi for gi, g in enumerate(groups) for i in g}
+    return _Stack(
+        groups=groups, order=order, parts=parts, stacked=stacked, trainable=trainable,
+        encoder=StackedSmallCNN([len(g) for g in groups], _cnn(models[0])[1]),  # type: ignore[index]
+        opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
+        targets=[torch.stack([cells[i].targets for i in g]) for g in groups],
+        gens=gens,
+        streams=[batches(cells[g[0]].images.shape[0], cfg, gen) for g, gen in zip(groups, gens, strict=True)],
+        logs=[cells[i].log for i in order],
+        clamp=math.log(mmcl.max_logit_scale) if method == "mmcl" and "logit_scale" in trainable else None,
+        dtype=stacked["conv1.w"].dtype,  # float32 normally (float64 models train in float64)
+    )
 
-    def copy_back() -> None:
-        with torch.no_grad():
-            for c, pt in enumerate(parts):
-                for k, tensor in pt.items():
-                    tensor.copy_(stacked[k][c].to(tensor.device))
 
-    def checkpoint(done: int) -> None:
-        ema = running.tolist() if running is not None else [0.0] * n_cells
-        pos_of = {i: pos for pos, i in enumerate(order)}
-        save(done, [_cell_state(stacked, trainable, opt, sched, gens[group_of[i]], pos_of[i], done,
-                                ema[pos_of[i]]) for i in range(len(cells))])
+def _draw(st: _Stack, cells: Sequence[StackedCell], cfg: TrainConfig,
+          device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One step's input batch per group (moved, scaled, translated) and the cells' targets (C, B, ...)."""
+    xs, ys = [], []
+    for g, gen, stream, tg in zip(st.groups, st.gens, st.streams, st.targets, strict=True):
+        idx = next(stream)
+        x = cells[g[0]].images[idx].to(device, non_blocking=True).float().div_(255.0)
+        if cfg.augment:
+            x = random_translate(x, cfg.max_shift, gen)
+        xs.append(x.to(st.dtype))
+        ys.append(tg[:, idx])
+    return xs, (torch.cat(ys) if len(ys) > 1 else ys[0]).to(device, non_blocking=True)
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc or f"train {method} x{n_cells}", unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True, position=position)
-    seen, t0 = 0, time.perf_counter()
-    for step in range(start, cfg.steps):
-        xs, ys = [], []
-        for g, gen, stream, tg in zip(groups, gens, streams, targets, strict=True):
-            idx = next(stream)
-            x = cells[g[0]].images[idx].to(device, non_blocking=True).float().div_(255.0)
-            if cfg.augment:
-                x = random_translate(x, cfg.max_shift, gen)
-            xs.append(x.to(dtype))
-            ys.append(tg[:, idx])
-        y = (torch.cat(ys) if len(ys) > 1 else ys[0]).to(device, non_blocking=True)
-        z = encoder(stacked, xs)
-        if method == "sl":
-            losses = stacked_sl_loss(z, stacked["head.w"], stacked["head.b"], y)
-        else:
-            z_txt = stacked_bag_of_words(stacked, y)
-            if mmcl.loss == "clip":
-                losses = stacked_clip_loss(z, z_txt, stacked["logit_scale"].exp())
-            else:
-                losses = stacked_linear_loss(z, z_txt, stacked["proj_img.w"], stacked["proj_txt.w"], mmcl.rho)
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        opt.step()
-        sched.step()
-        if clamp is not None:
-            with torch.no_grad():
-                stacked["logit_scale"].clamp_(0, clamp)
-        seen += y.shape[1]
-        values = losses.detach()
-        running = values.clone() if running is None else 0.9 * running + 0.1 * values
-        if (step % cfg.log_every == 0 or step == cfg.steps - 1) and any(log is not None for log in logs):
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            lr = sched.get_last_lr()[0]
-            for log, value in zip(logs, values.tolist(), strict=True):
-                if log is not None:
-                    log({"event": "train", "method": method, "step": step, "loss": value,
-                         "samples_per_s": rate, "lr": lr})
-        if progress:
-            bar.update(1)
-        done = step + 1
-        if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
-            copy_back()
-            evaluate(done)
-        if save is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            checkpoint(done)
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    copy_back()
-    final = running.tolist() if running is not None else [0.0] * n_cells
-    stats: list[dict[str, float]] = [{} for _ in cells]
-    for pos, i in enumerate(order):
-        stats[i] = {"seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9),
-                    "final_loss": final[pos], "stacked_cells": float(n_cells)}
-    return stats
+
+def _check_finite(values: torch.Tensor, cells: Sequence[StackedCell], order: list[int], method: str,
+                  step: int) -> None:
+    """Stop with :class:`~mmclshift.train.optim.NonFiniteLoss` at the first cell whose loss diverged."""
+    bad = (~torch.isfinite(values)).nonzero()
+    if bad.numel():
+        pos = int(bad[0])
+        name = cells[order[pos]].name or f"cell {order[pos]}"
+        check_finite_loss(float(values[pos]), f"{method} {name}", step)
+
+
+def _log_step(st: _Stack, method: str, step: int, values: torch.Tensor, rate: float) -> None:
+    """Each cell's ``train`` record (loss, throughput, learning rate) for ``step``."""
+    if all(log is None for log in st.logs):
+        return
+    lr = st.sched.get_last_lr()[0]
+    for log, value in zip(st.logs, values.tolist(), strict=True):
+        if log is not None:
+            log({"event": "train", "method": method, "step": step, "loss": value, "samples_per_s": rate, "lr": lr})
+
+
+def _copy_back(st: _Stack) -> None:
+    """Copy each cell's slice of the stacked parameters into its own module."""
+    with torch.no_grad():
+        for c, pt in enumerate(st.parts):
+            for k, tensor in pt.items():
+                tensor.copy_(st.stacked[k][c].to(tensor.device))
+
+
+def _cell_states(st: _Stack, n_cells: int, done: int) -> list[dict[str, Any]]:
+    """One checkpoint state per cell (in the caller's order) after ``done`` steps."""
+    ema = st.running.tolist() if st.running is not None else [0.0] * len(st.order)
+    pos_of = {i: pos for pos, i in enumerate(st.order)}
+    group_of = {i: gi for gi, g in enumerate(st.groups) for i in g}
+    return [_cell_state(st.stacked, st.trainable, st.opt, st.sched, st.gens[group_of[i]], pos_of[i], done,
+                        ema[pos_of[i]]) for i in range(n_cells)]
 
 
 def _restore(states: Sequence[dict[str, Any]], order: list[int], groups: list[list[int]],
@@ -445,5 +509,5 @@ def _restore(states: Sequence[dict[str, Any]], order: list[int], groups: list[li
     return step, running
 
 
-__all__ = ["StackedCell", "StackedSmallCNN", "stack_optimizer", "stacked_bag_of_words", "stacked_clip_loss",
+__all__ = ["STACKED_LOSSES", "StackedCell", "StackedSmallCNN", "stack_optimizer", "stacked_objective", "stacked_bag_of_words", "stacked_clip_loss",
            "stacked_linear_loss", "stacked_sl_loss", "train_stacked", "unstackable_reason"]
