@@ -26,6 +26,7 @@ import torch
 
 from mmclshift.config import replace
 from mmclshift.experiments import CONFIG_KINDS, RUNNERS, load_config
+from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.experiments.semisynthetic import SemiSyntheticExperiment, run_experiment, run_grid
 from mmclshift.runs import read_metrics
 
@@ -153,20 +154,23 @@ def test_grid_writes_one_run_per_cell_and_skips_done(tmp_path, capsys):
     cfg = replace(_tiny("splits=[id, ood]"), **{"grid.pi_core": [0.0, 1.0], "grid.pi_spu": [1.0],
                                                "grid.seeds": [0]})
     out = run_grid(cfg, tmp_path, progress=False)
+    assert out["runs"] == [tmp_path / n for n in ("sl-seed0", "mmcl-core0-spu1-seed0", "mmcl-core1-spu1-seed0")]
+    fig, text = grid_figure2(cfg, out["runs"])
     dirs = sorted(p.name for p in tmp_path.iterdir())
     assert dirs == ["mmcl-core0-spu1-seed0", "mmcl-core1-spu1-seed0", "sl-seed0"]
-    assert [(r["pi_core"], r["pi_spu"]) for r in out["rows"]] == [(0.0, 1.0), (1.0, 1.0)]
+    assert [(r["pi_core"], r["pi_spu"]) for r in fig.rows] == [(0.0, 1.0), (1.0, 1.0)]
     sl = [r for r in read_metrics(tmp_path / "sl-seed0") if r.get("split") == "ood"][0]["accuracy"]
-    assert all(r["sl_ood"] == sl for r in out["rows"])
-    for r in out["rows"]:
+    assert all(r["sl_ood"] == sl for r in fig.rows)
+    for r in fig.rows:
         cell = tmp_path / f"mmcl-core{r['pi_core']:g}-spu1-seed0"
         [rec] = [m for m in read_metrics(cell) if m.get("split") == "ood"]
         assert rec["accuracy"] == r["mmcl_ood"] and rec["pi_core"] == r["pi_core"]
     stamps = {p.name: (p / "done").stat().st_mtime_ns for p in tmp_path.iterdir()}
     again = run_grid(cfg, tmp_path, progress=False)
-    assert again["rows"] == out["rows"]
+    assert (again["stacked"], again["one_at_a_time"]) == (0, 0)
+    assert grid_figure2(cfg, again["runs"])[0].rows == fig.rows
     assert stamps == {p.name: (p / "done").stat().st_mtime_ns for p in tmp_path.iterdir()}
-    assert "pi_core \\ pi_spu" in out["table"]
+    assert "pi_core \\ pi_spu" in text
 
 
 def test_cli_train_and_grid(tmp_path, capsys):

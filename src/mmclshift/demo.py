@@ -36,6 +36,7 @@ from mmclshift.analysis.claims import (
 from mmclshift.analysis.collect import collect, group_over_seeds
 from mmclshift.analysis.convergence import budget_report
 from mmclshift.analysis.decide import describe_open
+from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.analysis.report import write_report
 from mmclshift.analysis.theory_map import describe, load_map, report_maps
 from mmclshift.config import apply_overrides, build_config, read_yaml, replace, to_dict
@@ -255,7 +256,9 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     _run_jobs(jobs, out / "semisynthetic", workers=workers, progress=progress)  # the rest
     grid = semisynthetic.run_grid(cfg, out / "semisynthetic", progress=False)  # all done: only reads
     print("\nSemi-synthetic tier (Figure 2): OOD accuracy")
-    print(grid["table"])
+    figure, text = grid_figure2(cfg, grid["runs"])
+    grid["figure2"] = figure
+    print(text)
     print(f"[semi-synthetic tier: {time.perf_counter() - t1:.1f}s; run directories under {out / 'semisynthetic'}]")
 
     col = collect([out / "theory", out / "semisynthetic"])

@@ -33,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmclshift.analysis.figure2 import grid_figure2
     from mmclshift.experiments import load_config, semisynthetic
 
     cfg = load_config(args.config, args.overrides)
@@ -42,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
     refuse_foreign_folder(out, [], "grid folder", pattern=r"(sl-seed|mmcl-core)")  # cell names
     result = semisynthetic.run_grid(cfg, out, progress=not args.no_progress and not args.json,
                                     split=args.split, force=args.force)
+    fig, text = grid_figure2(cfg, result["runs"], args.split)
     if args.json:
-        print_json_lines(result["rows"])
+        print_json_lines(fig.rows)
     else:
-        print(result["table"])
-        print(f"\n[{len(result['rows'])} cells in {result['seconds']:.1f}s; runs trained: {result['stacked']} "
+        print(text)
+        print(f"\n[{len(fig.rows)} cells in {result['seconds']:.1f}s; runs trained: {result['stacked']} "
               f"stacked, {result['one_at_a_time']} one at a time; run directories under {out}]")
     return 0

@@ -11,12 +11,11 @@ digit labels) with matched optimisation, and evaluates both on:
 
 One run (config, training, evaluation) is :mod:`mmclshift.experiments.semisynthetic_run`, whose
 names this module also exports; :func:`run_grid` runs the Figure 2 grid over ``pi_core`` x ``pi_spu`` (and seeds), one run
-directory per cell, skipping cells already done, and formats the MMCL-vs-SL OOD table.
+directory per cell, skipping cells already done (the table: :mod:`mmclshift.analysis.figure2`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,7 @@ from mmclshift.experiments.semisynthetic_run import (
     start_run,
 )
 from mmclshift.experiments.semisynthetic_stacked import train_cells_stacked
-from mmclshift.report_text import format_table
-from mmclshift.runs import check_run_dir, eval_records
+from mmclshift.runs import check_run_dir
 
 # --------------------------------------------------------------------------- Figure 2 grid
 
@@ -67,7 +65,7 @@ def grid_cells(cfg: SemiSyntheticExperiment) -> list[tuple[str, SemiSyntheticExp
 
 def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: bool = True,
              split: str = "ood", force: bool = False) -> dict[str, Any]:
-    """Figure 2: MMCL's accuracy on ``split`` over ``grid.pi_core`` x ``grid.pi_spu`` vs SL's.
+    """Train the Figure 2 grid: MMCL's accuracy on ``split`` over ``grid.pi_core`` x ``grid.pi_spu`` vs SL's.
 
     Every run gets its own directory under ``out_dir``, skipped when it holds the cell's config
     finished. A cell directory holding another config is refused (one line naming the keys)
@@ -75,14 +73,14 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
     SL does not read captions, so it is trained once per seed on the same images the MMCL
     cells use. With ``grid.stacked``, the runs not done yet are first trained as stacked models
     where they stack (:mod:`mmclshift.experiments.semisynthetic_stacked`); the rest one at a time.
-    Returns ``{"rows": [...], "table": str, "seconds": float, "stacked": int, "one_at_a_time": int}``
-    (the last two: runs trained here each way); rows hold per-cell means over seeds.
+    Returns ``{"runs": [run directory, ...], "seconds": float, "stacked": int, "one_at_a_time": int}``
+    (the last two: runs trained here each way); the table over seeds is
+    :func:`mmclshift.analysis.figure2.figure2` of the collected runs.
     """
     if split not in cfg.splits:
         raise ConfigError(f"config key 'splits': the grid reports split {split!r}, which is not evaluated")
     out = Path(out_dir)
     t0 = time.perf_counter()
-    results: dict[str, list[dict[str, Any]]] = {}
     cells = grid_cells(cfg)
     states = {name: check_run_dir(out / name, cell_cfg) if not force else None
               for name, cell_cfg in cells}  # refuses a changed cell before anything trains
@@ -101,67 +99,8 @@ def run_grid(cfg: SemiSyntheticExperiment, out_dir: str | Path, *, progress: boo
                 print(f"[grid {i + 1}/{len(cells)}] {name}", flush=True)
             run_experiment(cell_cfg, run_dir, progress=progress)
             single += 1
-        results[name] = eval_records(run_dir)
-
-    def acc(name: str, method: str, which: str) -> float | None:
-        for r in results[name]:
-            if r["method"] == method and r["split"] == which:
-                return r["accuracy"]
-        return None
-
-    rows = []
-    for pc in cfg.grid.pi_core:
-        for ps in cfg.grid.pi_spu:
-            mm, sl, mm_id = [], [], []
-            for seed in cfg.grid.seeds:
-                mm.append(acc(f"mmcl-core{_fmt_pi(pc)}-spu{_fmt_pi(ps)}-seed{seed}", "mmcl", split))
-                sl.append(acc(f"sl-seed{seed}", "sl", split))
-                if "id" in cfg.splits:
-                    mm_id.append(acc(f"mmcl-core{_fmt_pi(pc)}-spu{_fmt_pi(ps)}-seed{seed}", "mmcl", "id"))
-            row = {"pi_core": pc, "pi_spu": ps, f"mmcl_{split}": _mean(mm), f"sl_{split}": _mean(sl),
-                   f"mmcl_{split}_se": _se(mm), "seeds": len(cfg.grid.seeds)}
-            row["mmcl-sl"] = row[f"mmcl_{split}"] - row[f"sl_{split}"]
-            if mm_id:
-                row["mmcl_id"] = _mean(mm_id)
-            rows.append(row)
-    cols = ["pi_core", "pi_spu", f"mmcl_{split}", f"sl_{split}", "mmcl-sl"]
-    if "id" in cfg.splits:
-        cols.append("mmcl_id")
-    sl_id = [acc(f"sl-seed{s}", "sl", "id") for s in cfg.grid.seeds] if "id" in cfg.splits else []
-    title = (f"Figure 2 ({cfg.name}): {split} accuracy of zero-shot MMCL vs SL; spurious "
-             f"strength {cfg.data.spurious_strength:g}, {len(cfg.grid.seeds)} seed(s)")
-    table = format_table(rows, cols, title=title)
-    pivot = format_pivot(rows, cfg.grid.pi_core, cfg.grid.pi_spu, f"mmcl_{split}")
-    sl_split = [acc(f"sl-seed{s}", "sl", split) for s in cfg.grid.seeds]
-    footer = f"SL {split}: {_mean(sl_split):.4f}"
-    if sl_id and split != "id":
-        footer += f"   SL id: {_mean(sl_id):.4f}"
-    elapsed = time.perf_counter() - t0
-    return {"rows": rows, "table": f"{table}\n\nMMCL {split} accuracy (rows pi_core, columns pi_spu)\n"
-            f"{pivot}\n{footer}", "seconds": elapsed, "stacked": stacked, "one_at_a_time": single}
-
-
-def format_pivot(rows: list[dict[str, Any]], pi_core: list[float], pi_spu: list[float], key: str) -> str:
-    lookup = {(r["pi_core"], r["pi_spu"]): r[key] for r in rows}
-    header = ["pi_core \\ pi_spu"] + [_fmt_pi(p) for p in pi_spu]
-    lines = [header]
-    for pc in pi_core:
-        lines.append([_fmt_pi(pc)] + [f"{lookup[(pc, ps)]:.4f}" for ps in pi_spu])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
-
-
-def _mean(values: list[float | None]) -> float:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _se(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    if len(vals) < 2:
-        return None
-    m = sum(vals) / len(vals)
-    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+    return {"runs": [out / name for name, _ in cells], "seconds": time.perf_counter() - t0,
+            "stacked": stacked, "one_at_a_time": single}
 
 
 __all__ = ["CONFIG_KINDS", "FIGURE2_AXIS", "MAX_CAPTION_LEN", "METHODS", "TEST_SPLITS", "TWO_TOWER", "VOCAB",
