@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.config import replace
 from mmclshift.experiments import CONFIG_KINDS, RUNNERS, load_config
-from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.experiments.semisynthetic import SemiSyntheticExperiment, run_experiment, run_grid
 from mmclshift.runs import read_metrics
 

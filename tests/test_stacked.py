@@ -17,11 +17,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.config import replace
 from mmclshift.data.digits import load_embedded_digits
 from mmclshift.data.semisynthetic import build_splits
 from mmclshift.experiments import load_config
-from mmclshift.analysis.figure2 import grid_figure2
 from mmclshift.experiments.semisynthetic import new_model, run_grid
 from mmclshift.runs import DONE_FILE, read_metrics
 from mmclshift.train.images import clamp_logit_scale, mmcl_loss_fn, sl_loss_fn, train_loop
