@@ -9,7 +9,7 @@ over all components, rules and parameter points at once. Its integration error i
 :data:`ORTHANT_ABS_ERROR` (checked against scipy's adaptive Genz in the tests). Problems with a
 degenerate margin (zero variance) or a singular margin covariance go through the scalar path
 (scipy's multivariate normal CDF, absolute error below 1e-4). Exact ties (a margin with zero mean
-and zero variance) are broken uniformly at random, as :func:`mmclshift.evaluate.predict` does.
+and zero variance) are broken uniformly at random.
 """
 
 from __future__ import annotations
