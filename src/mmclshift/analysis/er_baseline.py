@@ -11,7 +11,7 @@ refuses a baseline whose line would be noise:
   :data:`ALPHA`, ``scipy.stats.linregress`` on the transformed axes, at least 3 points).
 
 :func:`line_sd` bootstraps the line the way imagenet-testbed does (resample the baseline points
-with replacement, refit with :func:`mmclshift.analysis.robustness.fit_line`) and returns the
+with replacement, refit with :func:`mmclshift.analysis.robustness.bootstrap_fits`) and returns the
 standard deviation of any statistic of the line -- the line's uncertainty, which the
 effective-robustness claims add to their seed-to-seed standard error.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mmclshift.analysis.robustness import LinearFit, fit_line, transform
+from mmclshift.analysis.robustness import LinearFit, bootstrap_fits, fit_line, transform
 from mmclshift.errors import UserError
 
 #: the baseline's ID spread must exceed this many times its noise
@@ -109,16 +109,8 @@ def line_sd(id_acc: Sequence[float], ood_acc: Sequence[float], statistic: Callab
     the baseline points (resamples with no line are skipped); ``nan`` with under 2 lines."""
     x = np.asarray(id_acc, dtype=np.float64)
     y = np.asarray(ood_acc, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    values = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n_boot):
-            idx = rng.integers(0, len(x), len(x))
-            try:
-                values.append(float(statistic(fit_line(x[idx], y[idx], kind))))  # type: ignore[arg-type]
-            except UserError:
-                continue
+    values = [float(statistic(line))
+              for line in bootstrap_fits(x, y, kind, n_boot=n_boot, seed=seed)]  # type: ignore[arg-type]
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 

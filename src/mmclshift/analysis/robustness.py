@@ -23,7 +23,7 @@ linear model of ``T(ood)`` on several ID test sets at once (least squares).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -183,6 +183,22 @@ def fit_line(id_acc: Sequence[float], ood_acc: Sequence[float],
     return LinearFit(float(res.slope), float(res.intercept), float(res.rvalue), kind)
 
 
+def bootstrap_fits(id_acc: np.ndarray, ood_acc: np.ndarray, kind: Transform = "logit", *,
+                   n_boot: int, seed: int = 0) -> Iterator[LinearFit]:
+    """Lines (:func:`fit_line`) refitted to ``n_boot`` resamples with replacement (seeded) of the
+    points; a resample that cannot carry a line (one distinct ID accuracy) is skipped."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(id_acc), len(id_acc))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                line = fit_line(id_acc[idx], ood_acc[idx], kind)
+            except UserError:
+                continue
+        yield line
+
+
 @dataclass
 class EffectiveRobustness:
     fit: LinearFit
@@ -237,19 +253,11 @@ def effective_robustness(
 
     lo_x, hi_x = max(min(x.min(), 1 - 1e-3), 1e-3), min(max(x.max(), 1e-3), 1 - 1e-3)
     band_x = np.linspace(lo_x, hi_x, band_points)
-    rng = np.random.default_rng(seed)
     bx, by = x[base], y[base]
     if saturated == "exclude":
         keep = ~_saturated(bx, by, kind)
         bx, by = bx[keep], by[keep]
-    preds = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(bx), len(bx))
-        tx = transform(bx[idx], kind)
-        if np.ptp(tx) < MIN_ID_SPREAD:
-            continue  # a resample with one distinct point has no line
-        res = stats.linregress(tx, transform(by[idx], kind))
-        preds.append(inverse_transform(res.slope * transform(band_x, kind) + res.intercept, kind))
+    preds = [line.predict(band_x) for line in bootstrap_fits(bx, by, kind, n_boot=n_boot, seed=seed)]
     if preds:
         arr = np.stack(preds)
         q = (1 - confidence) / 2
