@@ -20,28 +20,25 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mmclshift.analysis.collect import ROW_KEYS
 from mmclshift.errors import UserError
+from mmclshift.runs import MOVED_ASIDE, is_moved_aside
 
 #: config keys that identify a run rather than the experiment (never distinguish groups)
 SEED_KEYS = ("seed", "data_seed", "init_seed", "name", "device", "threads")
-#: a path component of a run directory moved aside by --force
-MOVED_ASIDE = re.compile(r"\.replaced-\d{8}T\d{6}Z(\.\d+)?$")
 
 
 def drop_moved_aside(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The table without rows of runs moved aside by ``--force``, and those runs."""
     if table.empty or "run" not in table.columns:
         return table, []
-    aside = table["run"].astype(str).map(lambda r: any(MOVED_ASIDE.search(p) for p in Path(r).parts))
+    aside = table["run"].astype(str).map(is_moved_aside)
     return table[~aside], sorted(set(table.loc[aside, "run"].astype(str)))
 
 

@@ -130,9 +130,11 @@ from mmclshift.runs.liveness import (
     run_state,
 )
 from mmclshift.runs.rundir import (
+    MOVED_ASIDE,
     RunDir,
     check_output_path,
     check_run_dir,
+    is_moved_aside,
     make_run_dir,
     move_aside,
     refuse_foreign_folder,
@@ -176,6 +178,8 @@ __all__ = [
     "load_checkpoint",
     "lock_owner",
     "make_run_dir",
+    "MOVED_ASIDE",
+    "is_moved_aside",
     "move_aside",
     "naming_path",
     "read_finished_run",

@@ -226,6 +226,15 @@ def check_run_dir(path: str | Path, config: Any, *, force: bool = False) -> str:
                     "move it aside, or choose another output directory")
 
 
+#: the name :func:`move_aside` gives a superseded run directory: ``<name>.replaced-<UTC time>.<n>``
+MOVED_ASIDE = re.compile(r"\.replaced-\d{8}T\d{6}Z(\.\d+)?$")
+
+
+def is_moved_aside(path: str | Path) -> bool:
+    """Whether ``path`` is (inside) a run directory that :func:`move_aside` set aside."""
+    return any(MOVED_ASIDE.search(p) for p in Path(path).parts)
+
+
 def move_aside(path: str | Path) -> Path:
     """Rename run directory ``path`` to ``<name>.replaced-<UTC time>`` beside it; return that."""
     path = Path(path)
