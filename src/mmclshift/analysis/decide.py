@@ -32,6 +32,7 @@ from scipy import stats
 from mmclshift.analysis.claims import ClaimResult, groups_of
 from mmclshift.config import build_config
 from mmclshift.errors import UserError
+from mmclshift.runs import read_run_config
 
 DEFAULT_BUDGET = 10
 DECIDE_DIR = "decide"
@@ -116,7 +117,7 @@ def plan(results: Sequence[ClaimResult], root: Path, budget: int = DEFAULT_BUDGE
         seeds: set[int] = set()
         for run in r.runs:
             path = Path(run)  # as collected (evaluate_claims without relative_to)
-            data = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            data = read_run_config(path)
             seed = int(data.get("seed", 0))
             seeds.add(seed)
             if data.get("data_seed") is not None or data.get("init_seed") is not None:
