@@ -64,7 +64,7 @@ from mmclshift.analysis.stats import (
 )
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import atomic_write_text
+from mmclshift.runs import atomic_write_text, read_run_config
 
 CLAIMS_FILE = "claims.json"
 CORRECTION = "holm"
@@ -480,7 +480,6 @@ def _per_run_ablation(kind: str, compute: Callable[[Any], dict[str, Any]],
                       table: pd.DataFrame) -> tuple[dict[int, float], list[str], dict[str, Any]]:
     """Per seed, ``with - without`` of ``compute(run config)`` over the ``kind`` runs (each run's
     config rebuilt from its config.yaml), and the last run's other numbers."""
-    import yaml
 
     from mmclshift.config import build_config
     from mmclshift.experiments.synthetic import CONFIG_KINDS
@@ -491,7 +490,7 @@ def _per_run_ablation(kind: str, compute: Callable[[Any], dict[str, Any]],
     runs = sorted(set(t["run"].astype(str)))
     for run in runs:
         path = Path(run) / "config.yaml"
-        cfg = build_config(yaml.safe_load(path.read_text()) or {}, CONFIG_KINDS, source=str(path))
+        cfg = build_config(read_run_config(run), CONFIG_KINDS, source=str(path))
         try:
             acc = compute(cfg)
         except UserError as exc:

@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from mmclshift.analysis.claims import CLAIMS, ClaimError, evaluate_claim
 from mmclshift.analysis.collect import collect, flatten, grid_rows
 from mmclshift.analysis.stats import t_interval
 from mmclshift.errors import UserError
 from mmclshift.report_text import format_table
-from mmclshift.runs import CONFIG_FILE, atomic_write_text, read_metrics, run_identity
+from mmclshift.runs import atomic_write_text, read_metrics, read_run_config, run_identity
 
 #: the claims about the Figure 2 / 5 grid whose statistics are followed over training
 GRID_CLAIMS = ("mmcl_beats_sl_ood", "pi_core_dose_response", "pi_spu_minor", "pi_spu_minor_mid_core",
@@ -270,8 +269,7 @@ _BUDGET_FREE = ("seed", "name", "methods", "splits", "grid", "data.pi_core", "da
 
 def grid_setting(run: str | Path) -> dict[str, Any]:
     """What a grid run's config fixes besides its budget, cell and seed (flattened identity)."""
-    data = yaml.safe_load((Path(run) / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    flat = flatten(run_identity(data))
+    flat = flatten(run_identity(read_run_config(run)))
     return {k: v for k, v in flat.items()
             if not any(k == f or k.startswith(f + ".") for f in _BUDGET_FREE)}
 

@@ -225,13 +225,11 @@ SL_NAMES = ("sl", "ce", "supcon")
 @functools.cache
 def _config_methods(run: str) -> dict[str, str]:
     """method name -> ``mmcl``/``sl`` from a run directory's config.yaml ({} if none)."""
-    import yaml
-
-    from mmclshift.runs import CONFIG_FILE
+    from mmclshift.runs import DamagedRunError, read_run_config
 
     try:
-        cfg = yaml.safe_load((Path(run) / CONFIG_FILE).read_text("utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        cfg = read_run_config(run)
+    except DamagedRunError:
         return {}
     out = {}
     for m in cfg.get("methods") or []:
