@@ -154,6 +154,13 @@ def test_bad_targets_are_one_line(trained, tmp_path, capsys):
               "not a run directory")
     assert not (tmp_path / "x").exists()
     _one_line(*_cli(capsys, tmp_path / "missing.pt")[::2], "no such run directory or checkpoint")
+    for option, value, lo in (("--image-size", "0", 1), ("--workers", "-1", 0)):
+        # main directly: _cli's own --workers 0 would come last and win; argparse exits
+        with pytest.raises(SystemExit) as info:
+            main(["eval", str(tmp_path / "tiny.pt"), "--model", "mmcl-tiny", "--smoke", option, value,
+                  "--out", str(tmp_path / "x")])
+        _one_line(info.value.code, capsys.readouterr().err, option, f"must be at least {lo}; got {value}")
+    assert not (tmp_path / "x").exists()
 
 
 def test_mean_per_class_recall_hand_computed(tmp_path):

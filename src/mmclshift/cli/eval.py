@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmclshift.cli.common import add_force_arg, print_json_lines
+from mmclshift.cli.common import add_force_arg, int_at_least, print_json_lines
 from mmclshift.evaluate.checkpoints import (
     build_config,
     evaluate_target,
@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "checkpoint file (with --model)")
     parser.add_argument("--model", default=None, metavar="ARCH",
                         help="OpenCLIP architecture of an OpenCLIP checkpoint (RN50, ViT-B-32, ...)")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=int_at_least(1), default=None,
                         help="OpenCLIP checkpoint: the image size it was trained at, if not the "
                         "architecture's")
     parser.add_argument("--pretrained", default=None, metavar="LABEL",
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "test sets' config)")
     parser.add_argument("--out", default=None, help="run directory to write (default: "
                         "runs/eval-<target name>-<config hash>)")
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    parser.add_argument("--workers", type=int_at_least(0), default=2, help="image-decoding processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -70,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data and args.smoke:
         raise UserError("give --data or --smoke, not both")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
     target = resolve_target(args.target, model=args.model, image_size=args.image_size,
                             config=args.config)
     name = Path(args.target.rstrip("/")).name.replace(".", "_") or "target"
