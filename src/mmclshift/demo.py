@@ -20,6 +20,7 @@ Every run has its own directory and a rerun skips those already done, so both re
 
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from mmclshift.config import apply_overrides, build_config, read_yaml, replace, 
 from mmclshift.errors import UserError
 from mmclshift.experiments import semisynthetic, synthetic
 from mmclshift.report_text import format_table
+from mmclshift.runs.environment import git_revision
+from mmclshift.runs.provenance import PROVENANCE_FILE, machine_info, record_invocation
 from mmclshift.sweeps.runner import run_sweep
 from mmclshift.sweeps.spec import Job
 
@@ -118,6 +121,17 @@ def _n_train_digits(cfg: semisynthetic.SemiSyntheticExperiment) -> int:
     from mmclshift.data.digits import load_digits
 
     return cfg.data.n_train or len(load_digits(cfg.data.root).train_labels)
+
+
+def _record_provenance(out: Path, cfg: semisynthetic.SemiSyntheticExperiment, command: str,
+                       wall: float, started: str, workers: int) -> dict[str, Any]:
+    import torch
+
+    threads = cfg.threads or torch.get_num_threads()
+    return record_invocation(out, command=command, wall_seconds=wall, started=started,
+                             commit=git_revision(Path(__file__).parent), n_train=_n_train_digits(cfg),
+                             steps=cfg.train.steps,
+                             machine=machine_info(device=cfg.device, workers=workers, threads=threads))
 
 
 def _run_jobs(jobs: list[Job], out: Path, *, workers: int, progress: bool, batched: bool = False) -> None:
@@ -223,13 +237,16 @@ def theory_rows(out: Path) -> list[dict[str, Any]]:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress: bool = True,
-             workers: int = 1, overrides: Sequence[str] = (), config: str | Path | None = None) -> dict[str, Any]:
+             workers: int = 1, overrides: Sequence[str] = (), config: str | Path | None = None,
+             command: str | None = None) -> dict[str, Any]:
     """Run every tier of ``scale`` into ``out_dir`` (resuming), then the claims and the report.
 
     ``workers`` > 1 trains the semi-synthetic runs in that many processes (one torch thread each;
     with ``grid.stacked``, each process trains its share of the grid as stacked models, see
     :func:`train_grid_stacked`);
     ``config`` / ``overrides`` change the semi-synthetic config (e.g. ``data.root=...``).
+    When it ends, this invocation (``command``, its wall time, commit and machine) is appended to
+    ``<out>/provenance.json`` (:func:`mmclshift.runs.provenance.record_invocation`).
     """
     if scale not in SCALES:
         raise UserError(f"unknown demo scale {scale!r} (known: {', '.join(SCALES)})")
@@ -237,7 +254,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = grid_config(scale, overrides, config)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     _run_jobs(theory_jobs(s.seeds, s.theory_n), out / "theory", workers=1, progress=progress, batched=True)
     rows = theory_rows(out / "theory")
     print(format_table(rows, ["data model", "method", "split", "theory", "trained", "ci_low", "ci_high",
@@ -278,5 +295,9 @@ def run_demo(out_dir: str | Path = "runs/demo", *, scale: str = "demo", progress
     print(f"[theory maps: {time.perf_counter() - t2:.1f}s; under {out / 'theory-maps'}]")
     report = write_report([out / "theory", out / "semisynthetic"], out / "report.html",
                           figures_dir=out / "figures", claims=(results, errors), maps=maps)
-    print(f"\nclaims: {claims_path}\nreport: {report}\n[total: {time.perf_counter() - t0:.1f}s]")
+    wall = time.perf_counter() - t0
+    prov = _record_provenance(out, cfg, command or f"run_demo({str(out)!r}, scale={scale!r})", wall,
+                              started, workers)
+    print(f"\nclaims: {claims_path}\nreport: {report}\n[total: {wall:.1f}s; "
+          f"{prov['wall_seconds']:.0f}s over {len(prov['invocations'])} invocation(s), {out / PROVENANCE_FILE}]")
     return {"theory": rows, "semisynthetic": grid, "claims": results, "report": report}

@@ -745,10 +745,15 @@ def format_interval(r: ClaimResult) -> str:
     return f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
 
 
+def criterion_text(direction: str, threshold: float) -> str:
+    """When a claim holds, in the tables' words: ``> 0``, ``< 0.1``, ``in +-0.05``."""
+    if direction == "within":
+        return f"in +-{threshold:g}"
+    return f"{'>' if direction == 'above' else '<'} {threshold:g}"
+
+
 def holds_if(r: ClaimResult) -> str:
-    if r.direction == "within":
-        return f"in +-{r.threshold:g}"
-    return f"{'>' if r.direction == 'above' else '<'} {r.threshold:g}"
+    return criterion_text(r.direction, r.threshold)
 
 
 CLAIM_COLUMNS = ["claim", "statistic", "95% CI", "holds if", "n_seeds", "unadjusted", "verdict"]

@@ -52,6 +52,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "mmclshift.cli.sweep",
     "theory-map": "mmclshift.cli.theory_map",
     "convergence": "mmclshift.cli.convergence",
+    "publish": "mmclshift.cli.publish",
 }
 
 

@@ -14,12 +14,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from mmclshift.cli.common import int_at_least, refuse_foreign_out
 from mmclshift.demo import SCALES, run_demo
 
 #: what a demo folder holds (mmclshift.demo.run_demo writes these)
-DEMO_ENTRIES = ("theory", "semisynthetic", "claims.json", "report.html", "figures", "theory-maps")
+DEMO_ENTRIES = ("theory", "semisynthetic", "claims.json", "report.html", "figures", "theory-maps",
+                "provenance.json", "convergence.json")
 
 HELP = "run the paper's experiments end to end (seeds, claims with verdicts, report)"
 
@@ -39,5 +42,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     refuse_foreign_out(args.out, DEMO_ENTRIES, "demo folder")
     run_demo(args.out, scale=args.scale, progress=not args.no_progress, workers=args.workers,
-             overrides=args.overrides, config=args.config)
+             overrides=args.overrides, config=args.config, command=shlex.join(["mmclshift", *sys.argv[1:]]))
     return 0
