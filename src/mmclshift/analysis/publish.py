@@ -49,7 +49,7 @@ def _readme(claims: list[dict], prov: dict) -> str:
     hours = prov["wall_seconds"] / 3600
     m = prov["machine"]
     lines = [
-        "# Full-scale reproduction: results",
+        "# Reproduction results",
         "",
         f"Made by `{prov['command']}` at commit `{prov['commit']}`: {prov['n_train']:,} training "
         f"digits, {prov['steps']:,} steps per run; measured wall time {prov['wall_seconds']:,.0f} s "
