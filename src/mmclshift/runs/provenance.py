@@ -64,7 +64,8 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
 
 
 def record_invocation(folder: str | Path, *, command: str, wall_seconds: float, started: str,
-                      commit: str | None, machine: dict[str, Any], n_train: int, steps: int) -> dict[str, Any]:
+                      commit: str | None, machine: dict[str, Any], n_train: int, steps: int,
+                      note: str | None = None) -> dict[str, Any]:
     """Append one invocation to ``folder/provenance.json`` (atomically) and return the file's content.
 
     ``wall_seconds`` is this invocation's; the top level sums all of them. ``started`` is an ISO
@@ -78,6 +79,8 @@ def record_invocation(folder: str | Path, *, command: str, wall_seconds: float, 
              "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
              "wall_seconds": round(float(wall_seconds), 1), "machine": machine,
              "n_train": int(n_train), "steps": int(steps)}
+    if note:
+        entry["note"] = note
     entries.append(entry)
     data = {"commit": commit, "command": command,
             "wall_seconds": round(sum(e["wall_seconds"] for e in entries), 1),
