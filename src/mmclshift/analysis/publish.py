@@ -17,14 +17,13 @@ Nothing in ``dest`` other than these files is touched; each is written atomicall
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mmclshift.analysis.claims import CLAIMS_FILE, criterion_text
 from mmclshift.analysis.collect import collect, group_over_seeds
 from mmclshift.errors import UserError
 from mmclshift.runs.atomic import atomic_write_bytes, atomic_write_text
-from mmclshift.runs.provenance import PROVENANCE_FILE, read_provenance
+from mmclshift.runs.provenance import PROVENANCE_FILE, read_json_file, read_provenance
 
 CONVERGENCE_FILE = "convergence.json"
 FIGURE_PREFIXES = ("figure2_", "figure5_")
@@ -80,12 +79,7 @@ def publish(src: str | Path, dest: str | Path) -> list[Path]:
         raise UserError(f"{src}: no such reproduction folder")
     prov = read_provenance(src)
     claims_path = src / CLAIMS_FILE
-    try:
-        claims = json.loads(claims_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{claims_path}: no claims (has the run finished?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{claims_path}: cannot read claims ({exc})") from None
+    claims = read_json_file(claims_path, "claims", "claims (has the run finished?)")
     figures = _figures(src)
     parts = [p for p in (src / "theory", src / "semisynthetic") if p.is_dir()]
     col = collect(parts, strict=True)

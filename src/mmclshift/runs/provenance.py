@@ -46,15 +46,21 @@ def machine_info(*, device: str, workers: int, threads: int) -> dict[str, Any]:
     return info
 
 
+def read_json_file(path: Path, what: str, missing: str) -> Any:
+    """The JSON in ``path``; missing (``"<path>: no <missing>"``) or unreadable
+    (``"<path>: cannot read <what> (...)"``) is a one-line :class:`UserError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no {missing}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc})") from None
+
+
 def read_provenance(folder: str | Path) -> dict[str, Any]:
     """``folder/provenance.json``; a missing, unreadable or incomplete file is a one-line error."""
     path = Path(folder) / PROVENANCE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no provenance (a reproduction writes it when it finishes)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read provenance ({exc})") from None
+    data = read_json_file(path, "provenance", "provenance (a reproduction writes it when it finishes)")
     if not isinstance(data, dict):
         raise UserError(f"{path}: provenance is not a JSON object")
     missing = [k for k in PROVENANCE_KEYS if k not in data]
